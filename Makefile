@@ -1,0 +1,37 @@
+# Every target that runs code sets up .venv first; a second `make setup` only checks the stamp.
+VENV  := .venv
+PY    := $(VENV)/bin/python
+SPACE ?= spaces/vgg_cifar100.py
+ARGS  ?=
+
+.PHONY: setup search test lint format bench clean
+
+setup: $(VENV)/.installed
+
+# Re-install only when the dependencies change. torch and torchvision are pinned to the pair that pip
+# finds on these machines' disk (see pyproject.toml).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+search: setup
+	$(PY) -m search.run $(SPACE) $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q tests $(ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+bench: setup
+	$(PY) -m bench.all $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs mlruns bench/out .pytest_cache
