@@ -26,17 +26,19 @@ from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-import search  # noqa: E402
-from search import report  # noqa: E402
+from search import __version__, report  # noqa: E402
 from search.cli import UsageError, parse_sets, run_main  # noqa: E402
-from search.data import load_arrays  # noqa: E402
 from search.space import Space, load_space, parse_duration  # noqa: E402
 from search.tracking import MLflowTrials, check_server, ensure_experiment, outcome_of  # noqa: E402
 from search.trainable import CHECKPOINT_FILE, trainable  # noqa: E402
-from search.train import TrainConfig, evaluate_test, load_data, model_from_checkpoint  # noqa: E402
+from search.train import TrainConfig, evaluate_test, load_data, model_from_checkpoint, test_batches  # noqa: E402
 
 STATE_FILE = "search.json"  # beside Tune's own state: the parent run and the space file's fingerprint
 STUDY_NAME = "search"
+
+
+class SearchFailed(Exception):
+    """The search ran but produced nothing to report (every trial failed)."""
 
 
 class OptunaASHA(OptunaSearch):
@@ -204,8 +206,9 @@ def search(
         if _state_path(storage, name).exists():
             raise UsageError(f"--name {name}: a search of that name exists in {storage}; use --resume or a new name")
 
-    # The driver reads the data too (final test); a missing or corrupt dataset fails here, before any trial.
-    load_arrays(space.settings["DATASET"], data_dir or None)
+    # The driver reads the data too (final test): missing or corrupt files, or subsets larger than the data,
+    # fail here, before any trial.
+    load_data(TrainConfig.from_dict(space.base_config(data_dir)))
     client = MlflowClient(tracking_uri or None)
     check_server(client)
     experiment_id = ensure_experiment(client, saved["experiment"] if resume else space.name)
@@ -270,7 +273,7 @@ def _start_parent(client, experiment_id, name, space: Space, overrides, smoke, d
     run_id = run.info.run_id
     params = {f"setting.{k}": v for k, v in space.settings.items() if k not in ("FIXED", "SMOKE")}
     params.update({f"fixed.{k}": v for k, v in space.base_config(data_dir).items()})
-    params["package_version"] = search.__version__
+    params["package_version"] = __version__
     params["overrides"] = json.dumps(overrides)
     from search.tracking import log_batched, params_of
 
@@ -309,6 +312,7 @@ def _fit(space: Space, name, storage, client, experiment_id, parent_run_id, data
             num_samples=s["NUM_SAMPLES"],
             time_budget_s=parse_duration(s["TIME_BUDGET"]) if s["TIME_BUDGET"] else None,
             reuse_actors=True,  # one worker process, one dataset load, many trials
+            trial_dirname_creator=_trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -321,6 +325,10 @@ def _fit(space: Space, name, storage, client, experiment_id, parent_run_id, data
         ),
     )  # fmt: skip
     return tuner.fit()
+
+
+def _trial_dirname(trial) -> str:
+    return trial.trial_id  # not Tune's default, the whole config spelled out in a path
 
 
 def _unfinished(results, space: Space) -> bool:
@@ -336,7 +344,9 @@ def _finish(space, results, client, parent_run_id, data_dir, final_top_k, final_
     done = frame[frame.outcome == "completed"]
     pool = done if len(done) else frame[frame.outcome != "errored"]
     if pool.empty:
-        raise RuntimeError("no trial produced a result; see the errors in the MLflow runs")
+        first = next((r.error for r in results if r.error is not None), None)
+        reason = str(first).strip().splitlines()[-1][:300] if first else "no results"
+        raise SearchFailed(f"no trial finished: {len(frame)} errored; the last line of one error: {reason}")
     best_row = pool.sort_values(s["METRIC"], ascending=s["MODE"] == "min").iloc[0]
     checkpoint = Path(best_row.checkpoint) / CHECKPOINT_FILE
     model, config = model_from_checkpoint(checkpoint)
@@ -347,7 +357,8 @@ def _finish(space, results, client, parent_run_id, data_dir, final_top_k, final_
         mlflow.log_metrics({f"best_{s['METRIC']}": float(best_row[s["METRIC"]]), **test})
         mlflow.log_params({f"best.{k}": v for k, v in config.flat().items() if k != "data_dir"})
         mlflow.set_tag("best_trial_id", best_row.trial_id)
-        mlflow.pytorch.log_model(model, name="model")
+        example = next(iter(test_batches(config, load_data(config))))[0][:2].cpu()
+        mlflow.pytorch.log_model(model.eval(), name="model", input_example=example.numpy())
         mlflow.log_artifact(str(checkpoint), "best")
         model_uri = mlflow.get_artifact_uri("model")
 

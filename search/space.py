@@ -23,6 +23,8 @@ from search.cli import UsageError
 from search.data import DATASETS
 from search.train import TrainConfig
 
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per check would log a line each
+
 # name: (type, default, what it means). A default of None means the space file must set it.
 SETTINGS: dict[str, tuple[type, object, str]] = {
     "DATASET": (str, None, "dataset name"),
@@ -47,7 +49,7 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
 # --smoke: the whole pipeline on a tiny budget, a few minutes on 2 CPU cores.
 SMOKE_DEFAULTS = {
     "NUM_SAMPLES": 4, "MAX_EPOCHS": 2, "GRACE_PERIOD": 1, "REDUCTION_FACTOR": 2, "TRAIN_SUBSET": 512,
-    "val_subset": 256, "test_subset": 512, "batch_size": 64,
+    "batch_size": 64,
 }  # fmt: skip
 METRICS_MODES = {"val_acc": "max", "val_top5": "max", "val_loss": "min", "train_loss": "min", "train_acc": "max"}
 CHECK_SAMPLES = 32  # random configs drawn to check a space before the search starts

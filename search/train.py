@@ -434,11 +434,15 @@ def load_checkpoint(path: str | os.PathLike, config: TrainConfig | None = None) 
     return state
 
 
+def test_batches(config: TrainConfig, splits: Splits, device: torch.device | str = "cpu") -> Batches:
+    return _batches(splits, splits.test_x, splits.test_y, config, device, train=False)
+
+
 def evaluate_test(model: nn.Module, config: TrainConfig, splits: Splits | None = None) -> dict:
     """The held-out test set's top-1, top-5 and loss, as test_acc, test_top5, test_loss."""
     splits = splits or load_data(config)
     device = next(model.parameters()).device
-    batches = _batches(splits, splits.test_x, splits.test_y, config, device, train=False)
+    batches = test_batches(config, splits, device)
     return {f"test_{k}": v for k, v in evaluate(model, batches, _autocast(config, device)).items()}
 
 

@@ -16,7 +16,7 @@ NUM_SAMPLES = 12
 SEED = 0
 TRAIN_SUBSET = 12000  # images; 0 = all 54,000
 FIXED = {"augment": False, "val_subset": 2000, "fc1": 128}  # crops and flips buy little on 28x28 garments
-SMOKE = {"width1": 8, "width2": 16, "fc1": 32}
+SMOKE = {"width1": 8, "width2": 16, "fc1": 32, "val_subset": 0}
 
 SPACE = {
     "width1": tune.choice([16, 32]),
