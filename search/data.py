@@ -16,12 +16,14 @@ import functools
 import gzip
 import hashlib
 import io
+import numbers
 import os
 import pickle
 import shutil
 import socket
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,9 +135,7 @@ def _info(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
-def load_arrays(
-    name: str, data_dir: str | None = None, download: bool = True
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def load_arrays(name: str, data_dir: str | None = None, download: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Reads a whole dataset with torchvision's dataset class, downloading it on first use.
 
     Files are fetched (or, for fashion_mnist, copied from Debian's dataset-fashion-mnist) under a file lock,
@@ -166,15 +166,13 @@ def _load_cached(name: str, root: str, download: bool) -> tuple[Tensor, Tensor, 
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
-        raise DataError(
-            f"data dir {root} cannot be created ({exc.strerror}); pass a writable folder"
-        ) from None
-    # Nobody can change files in a read-only folder, so there is nothing to guard (and no lock file to make).
+        raise DataError(f"data dir {root} cannot be created ({exc.strerror}); pass a writable one") from None
     if os.access(root, os.W_OK):
         with FileLock(os.path.join(root, f".{name}.lock")):
             _ensure_files(info, root, download)
-    else:
-        _ensure_files(info, root, download=False)
+    # Nobody can change a read-only folder (a shared dataset mount): there is nothing to guard or fetch.
+    elif _missing(info, root):
+        raise DataError(_missing_message(info, root, "the data dir is read-only"))
     return _read(info, root)
 
 
@@ -189,10 +187,9 @@ def _ensure_files(info: DatasetInfo, root: str, download: bool) -> None:
     if _missing(info, root) and download:
         try:
             _download(info, root)
-        except (
-            Exception
-        ) as exc:  # urllib, socket and torchvision raise many types; any of them means "no data"
-            reason = f"download failed: {_first_line(exc)}"
+        # urllib, socket and torchvision raise many types; each of them means "no data from there"
+        except Exception as exc:
+            reason = f"download failed: {_one_line(exc)}"
     if _missing(info, root):
         raise DataError(_missing_message(info, root, reason))
 
@@ -202,9 +199,8 @@ def _download(info: DatasetInfo, root: str) -> None:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        info.torchvision_class(
-            root, train=False, download=True
-        )  # fetches every file; the test split is small
+        # Fetches and extracts every file, then reads the test split, the smaller one.
+        info.torchvision_class(root, train=False, download=True)
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -234,7 +230,7 @@ def _copy_debian_fashion_mnist(info: DatasetInfo, root: str) -> None:
             if os.path.exists(tmp):
                 os.remove(tmp)
             raise DataError(
-                f"{source}: cannot decompress ({_first_line(exc)}); "
+                f"{source}: cannot decompress ({_one_line(exc)}); "
                 "reinstall it with: apt-get install --reinstall dataset-fashion-mnist"
             ) from None
         os.replace(tmp, target)  # atomic: a crash never leaves a half-written file under the final name
@@ -247,8 +243,7 @@ def _missing_message(info: DatasetInfo, root: str, reason: str) -> str:
     debian = ""
     if info.name == "fashion_mnist":
         debian = (
-            ", or install Debian's copy (apt-get install dataset-fashion-mnist, "
-            f"read from {DEBIAN_FASHION_MNIST_DIR})"
+            f", or install Debian's copy (apt-get install dataset-fashion-mnist, read from {DEBIAN_FASHION_MNIST_DIR})"
         )
     return (
         f"{info.name}: {', '.join(_missing(info, root))} not found in {folder} ({reason}); "
@@ -305,11 +300,11 @@ def _corrupt_error(info: DatasetInfo, root: str, exc: Exception) -> DataError:
             _check_file(info, path)
         except Exception as file_exc:  # diagnosis only: whatever fails to read names the culprit
             return DataError(
-                f"{path}: truncated or corrupt ({_first_line(file_exc)}); delete it and load again to "
+                f"{path}: truncated or corrupt ({_one_line(file_exc)}); delete it and load again to "
                 f"re-fetch it, or replace it (fake data: python -m search.data fake --dataset {info.name} "
                 f"--out {root} ...)"
             )
-    return DataError(f"{folder}: cannot read {info.name} ({_first_line(exc)}); replace the files")
+    return DataError(f"{folder}: cannot read {info.name} ({_one_line(exc)}); replace the files")
 
 
 def _check_file(info: DatasetInfo, path: str) -> None:
@@ -319,15 +314,18 @@ def _check_file(info: DatasetInfo, path: str) -> None:
         return
     with open(path, "rb") as f:
         entry = pickle.load(f, encoding="latin1")
-    if os.path.basename(path) == info.torchvision_class.meta["filename"]:
-        entry[info.torchvision_class.meta["key"]]
+    meta = info.torchvision_class.meta
+    if os.path.basename(path) == meta["filename"]:
+        if meta["key"] not in entry:
+            raise KeyError(f"no '{meta['key']}' in the metadata")
         return
     labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
     if entry["data"].reshape(-1, 3 * 32 * 32).shape[0] != len(labels):
         raise ValueError(f"{entry['data'].shape[0]} images but {len(labels)} labels")
 
 
-def _first_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException) -> str:
+    # The last line: torchvision's multi-line download errors end with the cause.
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
 
@@ -384,27 +382,21 @@ def load_splits(
     Raises:
         DataError: a bad option (named with its value), or anything `load_arrays` raises.
     """
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, (int, float))
-        or not 0 < val_fraction < 1
-    ):
+    if not _is_real(val_fraction) or not 0 < val_fraction < 1:
         raise DataError(f"val_fraction: must be between 0 and 1 (exclusive), got {val_fraction!r}")
-    for option, value in (
-        ("train_subset", train_subset),
-        ("val_subset", val_subset),
-        ("test_subset", test_subset),
-    ):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+    subsets = {"train_subset": train_subset, "val_subset": val_subset, "test_subset": test_subset}
+    for option, value in subsets.items():
+        if value is not None and not _is_positive_int(value):
             raise DataError(f"{option}: must be a positive integer or None, got {value!r}")
     train_x, train_y, test_x, test_y = load_arrays(name, data_dir, download)
     train_idx, val_idx = _split_indices(len(train_x), val_fraction, seed)
     train_idx = _first(train_idx, train_subset, "train_subset", "training images after the validation split")
     val_idx = _first(val_idx, val_subset, "val_subset", "validation images")
     test_n = len(_first(torch.arange(len(test_x)), test_subset, "test_subset", "test images"))
-    mean, std = _channel_stats(train_x[train_idx])
+    split_x = train_x[train_idx]
+    mean, std = _channel_stats(split_x)
     return Splits(
-        train_x=train_x[train_idx],
+        train_x=split_x,
         train_y=train_y[train_idx],
         val_x=train_x[val_idx],
         val_y=train_y[val_idx],
@@ -414,6 +406,15 @@ def load_splits(
         std=std,
         info=DATASETS[name],
     )
+
+
+# numbers.* rather than int/float: values from samplers and configs may be numpy scalars. bool is excluded.
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
 
 
 def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -522,7 +523,7 @@ class Batches:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         """Yields (x float32 [B, C, H, W] normalized, y int64 [B]), both on the device."""
         epoch, self.epoch = self.epoch, self.epoch + 1
         n, bs = len(self.x), self.batch_size
@@ -584,7 +585,7 @@ def write_fake(name: str, out: str, train: int, test: int, seed: int = 0) -> Non
     """
     info = _info(name)
     for option, value in (("train", train), ("test", test)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _is_positive_int(value):
             raise DataError(f"{option}: must be a positive integer, got {value!r}")
     # The name joins the seed so that fake MNIST and fake Fashion-MNIST differ, as the real ones do.
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -594,7 +595,10 @@ def write_fake(name: str, out: str, train: int, test: int, seed: int = 0) -> Non
     train_x, train_y = _fake_images(patterns, train, rng)
     test_x, test_y = _fake_images(patterns, test, rng)
     folder = os.path.join(out, info.folder)
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot create it ({exc.strerror}); pass --out a writable folder") from None
     if info.is_cifar:
         _write_cifar(info, folder, train_x, train_y, test_x, test_y)
     else:
@@ -623,9 +627,7 @@ def _write_cifar(info: DatasetInfo, folder: str, train_x, train_y, test_x, test_
     if info.name == "cifar10":
         chunks = np.array_split(np.arange(len(train_x)), len(cls.train_list))
         for i, ((file, _), idx) in enumerate(zip(cls.train_list, chunks, strict=True)):
-            batch = _cifar_batch(
-                train_x[idx], train_y[idx], f"training batch {i + 1} of {len(chunks)}", "labels"
-            )
+            batch = _cifar_batch(train_x[idx], train_y[idx], f"training batch {i + 1} of {len(chunks)}", "labels")
             _write_pickle(os.path.join(folder, file), batch)
         _write_pickle(
             os.path.join(folder, "test_batch"), _cifar_batch(test_x, test_y, "testing batch 1 of 1", "labels")
@@ -647,9 +649,7 @@ def _cifar_batch(x: np.ndarray, y: np.ndarray, batch_label: str, label_key: str)
     return {
         "batch_label": batch_label,
         label_key: [int(v) for v in y],
-        "data": np.ascontiguousarray(
-            x.reshape(len(x), 3 * 32 * 32)
-        ),  # rows of 1024 red, 1024 green, 1024 blue
+        "data": np.ascontiguousarray(x.reshape(len(x), 3 * 32 * 32)),  # rows of 1024 red, 1024 green, 1024 blue
         "filenames": [f"fake_{i:05d}.png" for i in range(len(x))],
     }
 
@@ -691,10 +691,7 @@ def _write_pickle(path: str, obj: dict) -> None:
 
 def _idx_bytes(array: np.ndarray) -> bytes:
     """The idx format of MNIST: magic (0x08 = unsigned byte, then the rank), big-endian dims, raw bytes."""
-    return (
-        struct.pack(f">{1 + array.ndim}i", 0x0800 + array.ndim, *array.shape)
-        + array.astype(np.uint8).tobytes()
-    )
+    return struct.pack(f">{1 + array.ndim}i", 0x0800 + array.ndim, *array.shape) + array.astype(np.uint8).tobytes()
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -768,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Run the importable copy of this module, not __main__: its DataError is the class run_main catches.
+    from search import data
     from search.cli import run_main
 
-    run_main(main)
+    run_main(data.main)

@@ -175,7 +175,10 @@ def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, study, summar
     plt.close("all")
     from optuna.visualization import matplotlib as ovm
 
-    for name, plot in (("parallel_coordinates", ovm.plot_parallel_coordinate), ("importance", ovm.plot_param_importances)):
+    for name, plot in (
+        ("parallel_coordinates", ovm.plot_parallel_coordinate),
+        ("importance", ovm.plot_param_importances),
+    ):
         try:
             axes = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # too few finished trials for the plot

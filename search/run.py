@@ -30,8 +30,8 @@ from search import __version__, report  # noqa: E402
 from search.cli import UsageError, parse_sets, run_main  # noqa: E402
 from search.space import Space, load_space, parse_duration  # noqa: E402
 from search.tracking import MLflowTrials, check_server, ensure_experiment, outcome_of  # noqa: E402
-from search.trainable import CHECKPOINT_FILE, trainable  # noqa: E402
 from search.train import TrainConfig, evaluate_test, load_data, model_from_checkpoint, test_batches  # noqa: E402
+from search.trainable import CHECKPOINT_FILE, trainable  # noqa: E402
 
 STATE_FILE = "search.json"  # beside Tune's own state: the parent run and the space file's fingerprint
 STUDY_NAME = "search"
@@ -125,14 +125,49 @@ def _concurrency(space: Space) -> int:
     fits = [int(total.get("CPU", 1) // s["CPUS_PER_TRIAL"])]
     if s["GPUS_PER_TRIAL"] > 0:
         if total.get("GPU", 0) < s["GPUS_PER_TRIAL"]:
-            raise UsageError(
-                f"GPUS_PER_TRIAL={s['GPUS_PER_TRIAL']}: the Ray cluster has {total.get('GPU', 0):g} GPUs"
-            )
+            raise UsageError(f"GPUS_PER_TRIAL={s['GPUS_PER_TRIAL']}: the Ray cluster has {total.get('GPU', 0):g} GPUs")
         fits.append(int(round(total["GPU"] / s["GPUS_PER_TRIAL"], 6)))
     if fits[0] < 1:
         raise UsageError(f"CPUS_PER_TRIAL={s['CPUS_PER_TRIAL']:g}: the Ray cluster has {total.get('CPU', 0):g} CPUs")
     n = min(fits)
     return min(n, s["MAX_CONCURRENT"]) if s["MAX_CONCURRENT"] else n
+
+
+NETWORK_FILESYSTEMS = (
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "cephfs",
+    "ceph",
+    "fuse.",
+    "glusterfs",
+)
+
+
+def check_shared_storage(storage: str) -> None:
+    """A multi-node search needs checkpoints every node can read: a URI or a network filesystem.
+
+    Raises:
+        UsageError: when the Ray cluster has several nodes and `storage` is on a local disk.
+    """
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2 or "://" in storage:
+        return
+    path, fstype = Path(storage).resolve(), "unknown"
+    best = ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount, kind, *_ = line.split()
+        if (str(path) + "/").startswith(mount.rstrip("/") + "/") and len(mount) >= len(best):
+            best, fstype = mount, kind
+    if not fstype.startswith(NETWORK_FILESYSTEMS):
+        raise UsageError(
+            f"--storage {storage}: the Ray cluster has {len(nodes)} nodes but this path is on a local {fstype} "
+            "disk; a multi-node search needs shared storage for checkpoints (an NFS path or an s3:// URI)"
+        )
 
 
 def _find_previous(storage: str, stem: str) -> str:
@@ -214,6 +249,7 @@ def search(
     experiment_id = ensure_experiment(client, saved["experiment"] if resume else space.name)
 
     ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=not quiet, include_dashboard=False)
+    check_shared_storage(storage)
     start = time.time()
     if resume:
         parent_run_id = saved["parent_run_id"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import runpy
+import traceback
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -143,15 +144,15 @@ def load_space(path: str | Path, overrides: dict | None = None, smoke: bool = Fa
     except SyntaxError as exc:
         raise SpaceError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except Exception as exc:
-        raise SpaceError(f"{path}: error while running the file: {type(exc).__name__}: {exc}") from None
+        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        where = f"{path}:{lines[-1]}" if lines else str(path)
+        raise SpaceError(f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
     settings, params = {}, None
     for name, value in namespace.items():
         if name.startswith("_") or isinstance(value, types.ModuleType):
             continue
-        if name == "SPACE":
-            params = value
-        elif name == "space" and callable(value):
+        if name == "SPACE" or name == "space" and callable(value):
             params = value
         elif name in SETTINGS:
             settings[name] = value
@@ -178,9 +179,14 @@ def load_space(path: str | Path, overrides: dict | None = None, smoke: bool = Fa
             else:
                 fixed[key] = value
     space = Space(path=path, settings=_check_settings(path, settings), params=params, source=source)
-    space.fixed = {**space.settings["FIXED"], **fixed}
-    if isinstance(space.params, dict):  # a fixed parameter is no longer searched
+    constants = {}
+    if isinstance(params, dict):  # constants in SPACE are fixed parameters; so is anything FIXED or --set
+        constants = {k: v for k, v in params.items() if not isinstance(v, Domain)}
+    space.fixed = {**constants, **space.settings["FIXED"], **fixed}
+    if isinstance(space.params, dict):
         space.params = {k: v for k, v in space.params.items() if k not in space.fixed}
+        if not space.params:
+            raise SpaceError(f"{path}: nothing left to search: every SPACE key is a constant or fixed")
     _check_params(space)
     return space
 
@@ -241,10 +247,13 @@ def distributions(space: Space) -> dict[str, optuna.distributions.BaseDistributi
                 raise SpaceError(
                     f"{space.path}: SPACE[{key!r}]: expected a ray.tune sampler or a constant, got {value!r}"
                 )
-        try:
-            return OptunaSearch.convert_search_space(space.params)
-        except Exception as exc:
-            raise SpaceError(f"{space.path}: SPACE: {exc}") from None
+        found = {}
+        for key, value in space.params.items():
+            try:  # one key at a time, so the message can name it
+                found.update(OptunaSearch.convert_search_space({key: value}))
+            except Exception as exc:
+                raise SpaceError(f"{space.path}: SPACE[{key!r}]: {exc}") from None
+        return found
     # define-by-run: run it against throwaway trials and collect what it suggests
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     found: dict = {}

@@ -14,7 +14,7 @@ import time
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,10 @@ class MLflowTrials(tune.Callback):
         for past in result.get("history") or []:  # epochs a restore replayed from its checkpoint
             self._add_epoch(run_id, past, now)
         self._add_epoch(run_id, result, now)
-        self._buffer[run_id].append(RunTag("epoch", str(result.get("epoch", 0))))
+        self._buffer[run_id] += [
+            RunTag("epoch", str(result.get("epoch", 0))),
+            RunTag("node_id", str(result.get("node_id"))),
+        ]
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 

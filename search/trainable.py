@@ -6,6 +6,7 @@ import math
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
@@ -31,10 +32,11 @@ def trainable(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE, train_config)
     backfill = list(resume["history"]) if resume else []
+    node_id = ray.get_runtime_context().get_node_id()  # tells apart two Ray nodes on one host
 
     def report(metrics: dict, state: dict) -> None:
         nonlocal backfill
-        metrics = dict(metrics, outcome="running")
+        metrics = dict(metrics, outcome="running", node_id=node_id)
         if backfill:
             metrics["history"], backfill = backfill, []
         if not math.isfinite(metrics["train_loss"]):

@@ -8,8 +8,9 @@ import pytest
 
 from search.data import DATASETS, write_fake
 
-FAKE_TRAIN = 300  # images per fake training set: 3 per class for cifar100, 30 for the others
-FAKE_TEST = 100
+# Images per fake training set (3 per class for cifar100, 30 for the others) and test set; test_data.py
+# checks these sizes.
+FAKE_TRAIN, FAKE_TEST = 300, 100
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAKE_TEST, FAKE_TRAIN
 from filelock import FileLock
 
 from search import data
@@ -25,6 +24,7 @@ from search.data import DATASETS, Batches, DataError, load_arrays, load_splits, 
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = list(DATASETS)
+FAKE_TRAIN, FAKE_TEST = 300, 100  # the sizes conftest's fake_data_dir writes
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
@@ -54,9 +54,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def test_table_matches_the_real_datasets():
-    sizes = {
-        name: (i.num_classes, i.channels, i.size, i.train_count, i.test_count) for name, i in DATASETS.items()
-    }
+    sizes = {name: (i.num_classes, i.channels, i.size, i.train_count, i.test_count) for name, i in DATASETS.items()}
     assert sizes == {
         "cifar100": (100, 3, 32, 50_000, 10_000),
         "cifar10": (10, 3, 32, 50_000, 10_000),
@@ -126,9 +124,7 @@ def test_splits_partition_the_training_set(name, fake_data_dir):
     train_x, train_y, test_x, test_y = load_arrays(name, str(fake_data_dir))
     s = load_splits(name, str(fake_data_dir))
     n_val = round(FAKE_TRAIN * 0.1)
-    assert (len(s.train_x), len(s.train_y), len(s.val_x), len(s.val_y)) == (FAKE_TRAIN - n_val,) * 2 + (
-        n_val,
-    ) * 2
+    assert (len(s.train_x), len(s.train_y), len(s.val_x), len(s.val_y)) == (FAKE_TRAIN - n_val,) * 2 + (n_val,) * 2
     assert s.info is DATASETS[name]
     assert torch.equal(s.test_x, test_x) and torch.equal(s.test_y, test_y)  # the test set is never split
     label_of = dict(zip(image_keys(train_x), train_y.tolist(), strict=True))
@@ -140,9 +136,7 @@ def test_splits_partition_the_training_set(name, fake_data_dir):
 @pytest.mark.parametrize("name", NAMES)
 def test_subsets_take_the_first_images_of_each_split(name, fake_data_dir):
     full = load_splits(name, str(fake_data_dir), val_fraction=0.2, seed=3)
-    s = load_splits(
-        name, str(fake_data_dir), val_fraction=0.2, seed=3, train_subset=50, val_subset=7, test_subset=11
-    )
+    s = load_splits(name, str(fake_data_dir), val_fraction=0.2, seed=3, train_subset=50, val_subset=7, test_subset=11)
     assert torch.equal(s.train_x, full.train_x[:50]) and torch.equal(s.train_y, full.train_y[:50])
     assert torch.equal(s.val_x, full.val_x[:7]) and torch.equal(s.val_y, full.val_y[:7])
     assert torch.equal(s.test_x, full.test_x[:11]) and torch.equal(s.test_y, full.test_y[:11])
@@ -200,9 +194,8 @@ def test_batches_are_normalized_and_complete(name, fake_data_dir):
     x = torch.cat([x for x, _ in batches])
     y = torch.cat([y for _, y in batches])
     assert x.dtype == torch.float32 and y.dtype == torch.int64 and x.device.type == "cpu"
-    expected = (s.train_x.double() / 255 - s.mean.double().view(1, channels, 1, 1)) / s.std.double().view(
-        1, channels, 1, 1
-    )
+    mean, std = s.mean.double().view(1, channels, 1, 1), s.std.double().view(1, channels, 1, 1)
+    expected = (s.train_x.double() / 255 - mean) / std
     torch.testing.assert_close(x.double(), expected, atol=1e-5, rtol=0)
     assert torch.equal(y, s.train_y)
     assert x.mean().abs() < 0.1 and (x.std() - 1).abs() < 0.1  # normalized by the split's own statistics
@@ -231,9 +224,8 @@ def test_augmentation_keeps_images_with_their_labels(name, fake_data_dir):
         values = as_uint8(out)
         label_value = (y + 1).to(torch.uint8).view(-1, 1, 1, 1)
         assert ((values == label_value) | (values == 0)).all()
-        inner = values[
-            :, :, data.CROP_PADDING : size - data.CROP_PADDING, data.CROP_PADDING : size - data.CROP_PADDING
-        ]
+        pad = data.CROP_PADDING
+        inner = values[:, :, pad : size - pad, pad : size - pad]
         assert (inner == label_value).all()  # a crop of at most 4 pixels of padding never reaches the center
         padded += int((values == 0).flatten(1).any(1).sum())
     assert padded > len(x) / 2  # 80 of 81 crop offsets include some padding
@@ -242,9 +234,7 @@ def test_augmentation_keeps_images_with_their_labels(name, fake_data_dir):
 def test_augmentation_is_a_padded_crop_and_flip_of_each_image():
     torch.manual_seed(0)
     x = torch.randint(1, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    out = torch.cat(
-        [b for b, _ in Batches(x, torch.zeros(64), batch_size=16, augment=True, seed=5, **unit(3))]
-    )
+    out = torch.cat([b for b, _ in Batches(x, torch.zeros(64), batch_size=16, augment=True, seed=5, **unit(3))])
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))  # torchvision's RandomCrop(padding=4) pads with zeros
 
     def crop(i: int, dy: int, dx: int, flip: bool) -> torch.Tensor:
@@ -304,9 +294,7 @@ def test_channels_last_gives_the_same_values():
     plain = Batches(x, y, batch_size=8, augment=True, **stats)
     channels_last = Batches(x, y, batch_size=8, augment=True, channels_last=True, **stats)
     (a, _), (b, _) = next(iter(plain)), next(iter(channels_last))
-    assert b.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous(
-        memory_format=torch.channels_last
-    )
+    assert b.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(a, b)
 
 
@@ -412,9 +400,7 @@ def test_truncated_file_is_named(name, fake_data_dir, tmp_path):
 def test_wrong_image_size_and_labels_are_rejected(fake_data_dir, tmp_path):
     folder = copy_fake("mnist", fake_data_dir, tmp_path / "size")
     (folder / "t10k-images-idx3-ubyte").write_bytes(data._idx_bytes(np.zeros((FAKE_TEST, 20, 20), np.uint8)))
-    with pytest.raises(
-        DataError, match=r"test images are torch.uint8 \[100, 1, 20, 20\], expected uint8 \[N, 1, 28"
-    ):
+    with pytest.raises(DataError, match=r"test images are torch.uint8 \[100, 1, 20, 20\], expected uint8 \[N, 1, 28"):
         load_arrays("mnist", str(tmp_path / "size"))
     folder = copy_fake("mnist", fake_data_dir, tmp_path / "labels")
     (folder / "train-labels-idx1-ubyte").write_bytes(data._idx_bytes(np.full(FAKE_TRAIN, 10, np.uint8)))
@@ -425,9 +411,7 @@ def test_wrong_image_size_and_labels_are_rejected(fake_data_dir, tmp_path):
 def test_load_waits_for_the_data_dir_lock(fake_data_dir, tmp_path):
     copy_fake("cifar10", fake_data_dir, tmp_path)
     result = {}
-    loader = threading.Thread(
-        target=lambda: result.update(arrays=load_arrays("cifar10", str(tmp_path))), daemon=True
-    )
+    loader = threading.Thread(target=lambda: result.update(arrays=load_arrays("cifar10", str(tmp_path))), daemon=True)
     with FileLock(str(tmp_path / ".cifar10.lock")):
         loader.start()
         loader.join(timeout=1.0)
@@ -509,12 +493,17 @@ def test_cli_writes_fake_data(tmp_path):
     assert (len(train_x), len(test_x)) == (200, 50)
 
 
-def test_cli_bad_argument_is_one_line_and_exit_2(tmp_path):
-    args = ["fake", "--dataset", "imagenet", "--out", str(tmp_path), "--train", "10", "--test", "10"]
-    proc = run_python("-m", "search.data", *args)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2
-    assert len(err.strip().splitlines()) == 1 and "imagenet" in err and "Traceback" not in err, err
+def test_cli_errors_are_one_line_and_exit_2(tmp_path):
+    # one usage error and one DataError, both through search.cli.run_main
+    runs = {
+        "imagenet": ["fake", "--dataset", "imagenet", "--out", str(tmp_path), "--train", "1", "--test", "1"],
+        "not found": ["check", "--dataset", "mnist", "--data-dir", str(tmp_path / "empty"), "--no-download"],
+    }
+    procs = {expected: run_python("-m", "search.data", *argv) for expected, argv in runs.items()}
+    for expected, proc in procs.items():
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and expected in err, err
 
 
 @pytest.mark.parametrize(
@@ -532,6 +521,12 @@ def test_cli_bad_argument_is_one_line_and_exit_2(tmp_path):
 def test_cli_usage_errors(argv, message):
     with pytest.raises(UsageError, match=message):
         main(argv)
+
+
+def test_cli_fake_into_a_file_is_a_data_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match="cannot create it"):
+        main(["fake", "--dataset", "mnist", "--out", str(tmp_path / "file"), "--train", "1", "--test", "1"])
 
 
 def test_cli_check_prints_counts(fake_data_dir, capsys):

@@ -43,7 +43,7 @@ def test_learns_well_above_chance(fashion_dir):
     }  # fmt: skip
     assert seen[-1]["val_acc"] > 0.6, seen[-1]  # chance is 0.1
     test = evaluate_test(result.model, result.config)
-    assert test["test_acc"] > 0.6 and 0 <= test["test_loss"] and test["test_top5"] >= test["test_acc"]
+    assert test["test_acc"] > 0.6 and test["test_loss"] >= 0 and test["test_top5"] >= test["test_acc"]
 
 
 def test_resume_is_exact(fashion_dir, tmp_path):
@@ -51,9 +51,10 @@ def test_resume_is_exact(fashion_dir, tmp_path):
     cfg = config(fashion_dir, epochs=4, dropout=0.3, augment=True, scheduler="cosine")
     straight = train(cfg).model.state_dict()
 
-    saved = {}
-    train(config(fashion_dir, epochs=4, dropout=0.3, augment=True, scheduler="cosine"),
-          on_epoch=lambda m, s: saved.update({m["epoch"]: save_checkpoint(tmp_path / f"e{m['epoch']}.pt", s)}))  # fmt: skip
+    def save(metrics, state):
+        save_checkpoint(tmp_path / f"e{metrics['epoch']}.pt", state)
+
+    train(config(fashion_dir, epochs=4, dropout=0.3, augment=True, scheduler="cosine"), on_epoch=save)
     resumed = train(cfg, resume=tmp_path / "e2.pt")
     assert resumed.epoch == 4 and [m["epoch"] for m in resumed.history] == [1, 2, 3, 4]
     for key, value in straight.items():
@@ -87,7 +88,7 @@ def test_every_scheduler_steps(name):
         opt.step()
         sched.step(1.0) if name == "plateau" else sched.step()
         lrs.append(opt.param_groups[0]["lr"])
-    assert all(lr > 0 for lr in lrs)
+    assert all(lr > 0 for lr in lrs[:-1])  # cosine reaches 0 only after the last epoch
     if name not in ("none", "plateau"):
         assert len(set(lrs)) > 1, f"{name} never changed the lr"
 
