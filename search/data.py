@@ -99,33 +99,21 @@ class DatasetInfo:
         return issubclass(self.torchvision_class, tv.CIFAR10)
 
 
-def _cifar_files(cls: type[tv.CIFAR10]) -> tuple[str, ...]:
-    return tuple(name for name, _ in cls.train_list + cls.test_list) + (cls.meta["filename"],)
+def _cifar(name: str, num_classes: int, cls: type[tv.CIFAR10]) -> DatasetInfo:
+    files = tuple(f for f, _ in cls.train_list + cls.test_list) + (cls.meta["filename"],)
+    return DatasetInfo(name, num_classes, 3, 32, 50_000, 10_000, cls, cls.base_folder, files)
 
 
-def _mnist_files(cls: type[tv.MNIST]) -> tuple[str, ...]:
-    return tuple(name.removesuffix(".gz") for name, _ in cls.resources)
+def _mnist(name: str, cls: type[tv.MNIST]) -> DatasetInfo:
+    files = tuple(f.removesuffix(".gz") for f, _ in cls.resources)  # torchvision reads them decompressed
+    return DatasetInfo(name, 10, 1, 28, 60_000, 10_000, cls, os.path.join(cls.__name__, "raw"), files)
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar100": DatasetInfo(
-        "cifar100", 100, 3, 32, 50_000, 10_000, _CIFAR100, _CIFAR100.base_folder, _cifar_files(_CIFAR100)
-    ),
-    "cifar10": DatasetInfo(
-        "cifar10", 10, 3, 32, 50_000, 10_000, _CIFAR10, _CIFAR10.base_folder, _cifar_files(_CIFAR10)
-    ),
-    "fashion_mnist": DatasetInfo(
-        "fashion_mnist",
-        10,
-        1,
-        28,
-        60_000,
-        10_000,
-        tv.FashionMNIST,
-        "FashionMNIST/raw",
-        _mnist_files(tv.FashionMNIST),
-    ),
-    "mnist": DatasetInfo("mnist", 10, 1, 28, 60_000, 10_000, tv.MNIST, "MNIST/raw", _mnist_files(tv.MNIST)),
+    "cifar100": _cifar("cifar100", 100, _CIFAR100),
+    "cifar10": _cifar("cifar10", 10, _CIFAR10),
+    "fashion_mnist": _mnist("fashion_mnist", tv.FashionMNIST),
+    "mnist": _mnist("mnist", tv.MNIST),
 }
 
 
@@ -386,7 +374,7 @@ def load_splits(
         raise DataError(f"val_fraction: must be between 0 and 1 (exclusive), got {val_fraction!r}")
     subsets = {"train_subset": train_subset, "val_subset": val_subset, "test_subset": test_subset}
     for option, value in subsets.items():
-        if value is not None and not _is_positive_int(value):
+        if value is not None and not _is_int(value, 1):
             raise DataError(f"{option}: must be a positive integer or None, got {value!r}")
     train_x, train_y, test_x, test_y = load_arrays(name, data_dir, download)
     train_idx, val_idx = _split_indices(len(train_x), val_fraction, seed)
@@ -413,8 +401,8 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+def _is_int(value: object, minimum: int) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
 def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -585,8 +573,10 @@ def write_fake(name: str, out: str, train: int, test: int, seed: int = 0) -> Non
     """
     info = _info(name)
     for option, value in (("train", train), ("test", test)):
-        if not _is_positive_int(value):
+        if not _is_int(value, 1):
             raise DataError(f"{option}: must be a positive integer, got {value!r}")
+    if not _is_int(seed, 0):
+        raise DataError(f"seed: must be an integer >= 0, got {seed!r}")
     # The name joins the seed so that fake MNIST and fake Fashion-MNIST differ, as the real ones do.
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     half = rng.uniform(0, 255, (info.num_classes, info.channels, 4, 2))
@@ -629,9 +619,8 @@ def _write_cifar(info: DatasetInfo, folder: str, train_x, train_y, test_x, test_
         for i, ((file, _), idx) in enumerate(zip(cls.train_list, chunks, strict=True)):
             batch = _cifar_batch(train_x[idx], train_y[idx], f"training batch {i + 1} of {len(chunks)}", "labels")
             _write_pickle(os.path.join(folder, file), batch)
-        _write_pickle(
-            os.path.join(folder, "test_batch"), _cifar_batch(test_x, test_y, "testing batch 1 of 1", "labels")
-        )
+        test_file = cls.test_list[0][0]
+        _write_pickle(os.path.join(folder, test_file), _cifar_batch(test_x, test_y, "testing batch 1 of 1", "labels"))
         meta = {"num_cases_per_batch": len(chunks[0]), "label_names": names, "num_vis": 3 * 32 * 32}
     else:
         for file, x, y, label in (
@@ -709,14 +698,17 @@ def _digest(arrays: tuple[Tensor, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
-    return value
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got '{text}'")
+        return value
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -733,9 +725,9 @@ def _parser() -> argparse.ArgumentParser:
     fake = commands.add_parser("fake", parents=[common], help="write a small learnable fake dataset")
     fake.add_argument("--dataset", required=True, choices=list(DATASETS))
     fake.add_argument("--out", required=True, help="data dir to write into")
-    fake.add_argument("--train", required=True, type=_positive, help="training images")
-    fake.add_argument("--test", required=True, type=_positive, help="test images")
-    fake.add_argument("--seed", type=int, default=0)
+    fake.add_argument("--train", required=True, type=_at_least(1), help="training images")
+    fake.add_argument("--test", required=True, type=_at_least(1), help="test images")
+    fake.add_argument("--seed", type=_at_least(0), default=0)
     check = commands.add_parser("check", parents=[common], help="load a dataset and print its counts")
     check.add_argument("--dataset", required=True, choices=list(DATASETS))
     check.add_argument("--data-dir", default=None, help=f"default: {DEFAULT_DATA_DIR} ($SEARCH_DATA_DIR)")

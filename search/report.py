@@ -36,8 +36,8 @@ def trials_frame(results, space) -> pd.DataFrame:
         last = r.metrics or {}
         config = r.config or {}
         trial_id = last.get("trial_id") or (r.path and Path(r.path).name)
-        for key in config:
-            if key not in base and key not in params:
+        for key in config:  # searched: whatever a trial's config sets beyond (or differently from) the base
+            if (key not in base or config[key] != base[key]) and key not in params:
                 params.append(key)
         row = {
             "trial_id": trial_id,
@@ -46,13 +46,14 @@ def trials_frame(results, space) -> pd.DataFrame:
             **{k: last.get(k) for k in ("val_acc", "val_loss", "val_top5", "train_loss", "train_acc")},
             "seconds": last.get("time_total_s", 0.0),
             "checkpoint": r.checkpoint.path if r.checkpoint else "",
-            **{k: config.get(k) for k in config if k not in base},
         }
         rows.append(row)
         frame = r.metrics_dataframe
         if frame is not None and "epoch" in frame:
             curves[trial_id] = frame[["epoch", *[c for c in ("val_acc", "val_loss") if c in frame]]]
     frame = pd.DataFrame(rows)
+    for key in params:
+        frame[key] = [(r.config or {}).get(key) for r in results]
     frame.attrs["params"], frame.attrs["curves"] = params, curves
     return frame
 

@@ -90,6 +90,7 @@ def make_searcher(space: Space, max_concurrent: int) -> ConcurrencyLimiter:
     searcher = OptunaASHA(
         space=space.params if callable(space.params) else None,
         metric=s["METRIC"], mode=s["MODE"], sampler=sampler, study_name=STUDY_NAME,
+        points_to_evaluate=[dict(p) for p in s["START_WITH"]] or None,
         max_epochs=s["MAX_EPOCHS"], penalty=space.penalty(),
     )  # fmt: skip
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
@@ -246,6 +247,7 @@ def search(
     load_data(TrainConfig.from_dict(space.base_config(data_dir)))
     client = MlflowClient(tracking_uri or None)
     check_server(client)
+    mlflow.set_tracking_uri(client.tracking_uri)  # the winner's model is logged through MLflow's fluent API
     experiment_id = ensure_experiment(client, saved["experiment"] if resume else space.name)
 
     ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=not quiet, include_dashboard=False)
@@ -378,11 +380,12 @@ def _finish(space, results, client, parent_run_id, data_dir, final_top_k, final_
     s = space.settings
     frame = report.trials_frame(results, space)
     done = frame[frame.outcome == "completed"]
-    pool = done if len(done) else frame[frame.outcome != "errored"]
+    pool = done if len(done) else frame[frame.outcome == "stopped_early"]  # a time budget may stop them all
     if pool.empty:
         first = next((r.error for r in results if r.error is not None), None)
         reason = str(first).strip().splitlines()[-1][:300] if first else "no results"
-        raise SearchFailed(f"no trial finished: {len(frame)} errored; the last line of one error: {reason}")
+        counts = ", ".join(f"{n} {o}" for o, n in frame.outcome.value_counts().items())
+        raise SearchFailed(f"no trial finished ({counts}); the last line of an error: {reason}")
     best_row = pool.sort_values(s["METRIC"], ascending=s["MODE"] == "min").iloc[0]
     checkpoint = Path(best_row.checkpoint) / CHECKPOINT_FILE
     model, config = model_from_checkpoint(checkpoint)

@@ -45,6 +45,7 @@ SETTINGS: dict[str, tuple[type, object, str]] = {
     "VAL_FRACTION": (float, 0.1, "of the training set, held out for validation"),
     "TRAIN_SUBSET": (int, 0, "train on this many images; 0 = all"),
     "FIXED": (dict, {}, "train config keys or model options fixed for every trial"),
+    "START_WITH": (list, [], "configs (dicts of searched parameters) to try first, e.g. a known baseline"),
     "SMOKE": (dict, {}, "settings and fixed params --smoke applies on top of SMOKE_DEFAULTS"),
 }
 # --smoke: the whole pipeline on a tiny budget, a few minutes on 2 CPU cores.
@@ -98,7 +99,7 @@ class Space:
     def param_space(self, data_dir: str = "") -> dict:
         """The Tuner's param_space: the fixed config plus, for a dict space, its samplers."""
         samplers = self.params if isinstance(self.params, dict) else {}
-        return {**samplers, **self.base_config(data_dir)}
+        return {**self.base_config(data_dir), **samplers}
 
     def penalty(self) -> float:
         """The score a diverged trial gets: chance level, so TPE learns that region is bad."""
@@ -306,5 +307,16 @@ def _check_params(space: Space) -> None:
             first_collapse = first_collapse or f"{where}: {exc}"
         except ValueError as exc:
             raise SpaceError(f"{space.path}: {where}: {exc}") from None
+    for i, point in enumerate(space.settings["START_WITH"]):
+        if not isinstance(point, dict):
+            raise SpaceError(f"{space.path}: START_WITH[{i}] must be a dict of parameters, got {point!r}")
+        if isinstance(space.params, dict) and set(point) != set(space.params):
+            raise SpaceError(
+                f"{space.path}: START_WITH[{i}] must give every searched parameter: {', '.join(space.params)}"
+            )
+        try:
+            TrainConfig.from_dict({**space.base_config(), **point}).validate()
+        except ValueError as exc:
+            raise SpaceError(f"{space.path}: START_WITH[{i}]: {exc}") from None
     if collapsed == len(checked):
         raise SpaceError(f"{space.path}: every architecture this space samples collapses: {first_collapse}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -182,8 +183,18 @@ class MLflowTrials(tune.Callback):
         self._end(trial, outcome_of(trial.last_result, self.max_epochs))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        message = (getattr(trial, "error_message", None) or "error")[-5000:]
-        self._end(trial, "errored", extra=[RunTag("error", message)])
+        # Tune writes the trace locally first and syncs it to storage later: read whichever exists now.
+        local = trial.error_file
+        trace = (Path(local).read_text() if local and Path(local).exists() else trial.get_error()) or "unknown error"
+        lines = [line for line in str(trace).splitlines() if line.strip()]
+        message = next((line for line in reversed(lines) if not line.startswith(" ")), lines[-1])
+        self._end(trial, "errored", extra=[RunTag("error", message[:5000])])
+        run_id = self._runs.get(trial.trial_id)
+        if run_id is not None:
+            try:
+                self.client.log_text(run_id, str(trace), "error.txt")
+            except (MlflowException, OSError) as exc:
+                log.warning("MLflow: could not log the error of run %s (%s)", run_id, str(exc)[:200])
 
     def _end(self, trial, outcome: str, extra=()) -> None:
         run_id = self._runs.get(trial.trial_id)

@@ -511,10 +511,11 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     [
         (
             ["fake", "--dataset", "mnist", "--out", "x", "--train", "0", "--test", "5"],
-            "--train: must be a positive",
+            "--train: must be an integer >= 1",
         ),
         (["fake", "--dataset", "mnist", "--out", "x", "--train", "5"], "--test"),
         (["check", "--dataset", "svhn"], "invalid choice: 'svhn'"),
+        (["fake", "--dataset", "mnist", "--out", "x", "--train", "1", "--test", "1", "--seed", "-1"], "--seed"),
         (["shuffle"], "invalid choice: 'shuffle'"),
     ],
 )
