@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
@@ -65,6 +69,11 @@ class OptunaASHA(OptunaSearch):
             return
         trial, states = self._ot_trials[trial_id], optuna.trial.TrialState
         outcome = outcome_of(result, self.max_epochs, error)
+        if outcome in ("completed", "stopped_early"):
+            # Tune hands the result that made ASHA stop a trial to on_trial_complete only, not on_trial_result.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a step reported twice is ignored, with a warning
+                trial.report(result[self.metric], result["epoch"])
         if outcome == "errored":
             self._ot_study.tell(trial, state=states.FAIL)
         elif outcome == "diverged":
@@ -79,16 +88,47 @@ class OptunaASHA(OptunaSearch):
     def study(self) -> optuna.Study:
         return self._ot_study
 
+    # The space comes from the space file at every start, not from the checkpoint: a define-by-run function
+    # from a space file cannot be pickled by reference anyway.
+    def save(self, checkpoint_path: str) -> None:
+        state = {k: v for k, v in self.__dict__.items() if k != "_space"}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(state, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class FixedParams:
+    """Wraps a define-by-run space so `--set name=value` fixes a parameter it would otherwise suggest."""
+
+    def __init__(self, space: Callable, fixed: dict):
+        self.space, self.fixed = space, fixed
+
+    def __call__(self, trial):
+        return self.space(_FixedTrial(trial, self.fixed))
+
+
+class _FixedTrial:
+    def __init__(self, trial, fixed: dict):
+        self._trial, self._fixed = trial, fixed
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._trial, name)
+        if not name.startswith("suggest_"):
+            return attr
+        return lambda param, *args, **kwargs: (
+            self._fixed[param] if param in self._fixed else attr(param, *args, **kwargs)
+        )
+
 
 def make_searcher(space: Space, max_concurrent: int) -> ConcurrencyLimiter:
     s = space.settings
     # constant_liar: running trials count as bad guesses, so parallel workers don't all sample one spot.
     sampler = optuna.samplers.TPESampler(seed=s["SEED"], constant_liar=True, multivariate=True)
-    fixed = {k: v for k, v in space.fixed.items()}
-    if callable(space.params) and fixed:
-        sampler = optuna.samplers.PartialFixedSampler(fixed, sampler)
     searcher = OptunaASHA(
-        space=space.params if callable(space.params) else None,
+        space=FixedParams(space.params, space.fixed) if callable(space.params) else None,
         metric=s["METRIC"], mode=s["MODE"], sampler=sampler, study_name=STUDY_NAME,
         points_to_evaluate=[dict(p) for p in s["START_WITH"]] or None,
         max_epochs=s["MAX_EPOCHS"], penalty=space.penalty(),
@@ -401,7 +441,10 @@ def _finish(space, results, client, parent_run_id, data_dir, final_top_k, final_
         mlflow.log_artifact(str(checkpoint), "best")
         model_uri = mlflow.get_artifact_uri("model")
 
-    final = None  # TODO final retrains
+    final = None
+    if final_top_k:
+        top = pool.sort_values(s["METRIC"], ascending=s["MODE"] == "min").head(final_top_k)
+        final = _retrain(space, top, frame.attrs["params"], final_seeds, data_dir, results, client, parent_run_id)
     summary = report.summarize(space, frame, best_row, test, start, model_uri, final)
     study = load_study(results.experiment_path, space)
     report.log_to_parent(client, parent_run_id, space, frame, study, summary)
@@ -411,6 +454,64 @@ def _finish(space, results, client, parent_run_id, data_dir, final_top_k, final_
         experiment_path=results.experiment_path, parent_run_id=parent_run_id, tracking_uri=client.tracking_uri,
         summary=summary, results=results,
     )  # fmt: skip
+
+
+def _retrain(space, top, params, seeds, data_dir, results, client, parent_run_id) -> dict:
+    """Retrains each of the top configs from scratch with `seeds` new seeds, for the full epoch budget.
+
+    A winner can be an accident of one seed; the spread over seeds says how much of its lead is real. Runs as
+    its own Tune experiment beside the search (so --resume continues it too), each run a child of the parent.
+    """
+    s = space.settings
+    variants = [
+        {**{p: _plain(row[p]) for p in params}, "seed": s["SEED"] + 1 + i, "source_trial": row.trial_id}
+        for _, row in top.iterrows()
+        for i in range(seeds)
+    ]
+    path = results.experiment_path + "-final"
+    fn = tune.with_resources(trainable, {"cpu": s["CPUS_PER_TRIAL"], "gpu": s["GPUS_PER_TRIAL"]})
+    if tune.Tuner.can_restore(path):
+        retrained = tune.Tuner.restore(path, fn, resume_unfinished=True).fit()
+    else:
+        callback = MLflowTrials(
+            client.tracking_uri, client.get_run(parent_run_id).info.experiment_id, parent_run_id, s["MAX_EPOCHS"],
+            tags={"stage": "final"},
+        )  # fmt: skip
+        retrained = tune.Tuner(
+            fn,
+            param_space={**space.base_config(data_dir), "variant": tune.grid_search(variants)},
+            tune_config=tune.TuneConfig(
+                reuse_actors=True, trial_dirname_creator=_trial_dirname, max_concurrent_trials=_concurrency(space)
+            ),
+            run_config=tune.RunConfig(
+                name=Path(path).name, storage_path=str(Path(path).parent), callbacks=[callback], verbose=0,
+                failure_config=tune.FailureConfig(max_failures=s["MAX_FAILURES"]),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        ).fit()  # fmt: skip
+    rows = []
+    for r in retrained:
+        if r.checkpoint is None or r.error is not None:
+            continue
+        model, config = model_from_checkpoint(Path(r.checkpoint.path) / CHECKPOINT_FILE)
+        config.data_dir = data_dir
+        rows.append({"source": r.config["variant"]["source_trial"], **evaluate_test(model, config)})
+    by_source = pd.DataFrame(rows).groupby("source", sort=False).test_acc if rows else None
+    configs = [
+        {
+            "trial_id": trial_id, "seeds": int(acc.count()), "test_acc_mean": round(float(acc.mean()), 4),
+            "test_acc_std": round(float(acc.std(ddof=1)) if acc.count() > 1 else 0.0, 4),
+        }
+        for trial_id, acc in (by_source or [])
+    ]  # fmt: skip
+    for row in configs:
+        client.log_metric(parent_run_id, f"final.{row['trial_id']}.test_acc_mean", row["test_acc_mean"])
+        client.log_metric(parent_run_id, f"final.{row['trial_id']}.test_acc_std", row["test_acc_std"])
+    return {"configs": configs, "experiment_path": path}
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
 
 
 def _parser() -> argparse.ArgumentParser:

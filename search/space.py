@@ -145,7 +145,9 @@ def load_space(path: str | Path, overrides: dict | None = None, smoke: bool = Fa
     except SyntaxError as exc:
         raise SpaceError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
     except Exception as exc:
-        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+        lines = [
+            f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()
+        ]
         where = f"{path}:{lines[-1]}" if lines else str(path)
         raise SpaceError(f"{where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 

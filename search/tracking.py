@@ -60,6 +60,8 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> 
 
 
 def params_of(config: dict) -> list[Param]:
+    config = {**config, **config.get("variant", {})}  # the final retrains' grid over whole configs
+    config.pop("variant", None)
     return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
 
 
@@ -99,11 +101,19 @@ class MLflowTrials(tune.Callback):
         parent_run_id: the search's parent run.
         max_epochs: the epoch budget of a full trial, to tell completed from stopped early.
         flush_seconds: the longest a metric waits in the buffer.
+        tags: extra tags of every child run (the final retrains get stage=final).
     """
 
     def __init__(
-        self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int, flush_seconds: float = 5
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        max_epochs: int,
+        flush_seconds: float = 5,
+        tags: dict | None = None,
     ):
+        self.tags = dict(tags or {})
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -145,7 +155,12 @@ class MLflowTrials(tune.Callback):
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=trial.trial_id,
-                tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, "trial_id": trial.trial_id, "outcome": "running"},
+                tags={
+                    MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                    "trial_id": trial.trial_id,
+                    "outcome": "running",
+                    **self.tags,
+                },  # fmt: skip
             )
             run_id = self._runs[trial.trial_id] = run.info.run_id
             log_batched(self.client, run_id, params=params_of(trial.config))

@@ -21,6 +21,9 @@ def trainable(config: dict) -> None:
     Reports every epoch's metrics plus `outcome` ('running', or 'diverged' on a non-finite loss) and, on the
     first report after a restore, the epochs trained before it (`history`), so tracking can fill any gap.
     """
+    # A grid over whole configs (the final retrains) arrives as one `variant` dict; `source_trial` only labels it.
+    config = {**config, **config.get("variant", {})}
+    config = {k: v for k, v in config.items() if k not in ("variant", "source_trial")}
     train_config = TrainConfig.from_dict(config)
     # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch reads it only at import, so apply it per trial.
     cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
