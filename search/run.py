@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from search import __version__, report  # noqa: E402
 from search.cli import UsageError, parse_sets, run_main  # noqa: E402
-from search.space import Space, load_space, parse_duration  # noqa: E402
+from search.space import Space, distributions, load_space, parse_duration  # noqa: E402
 from search.tracking import MLflowTrials, check_server, ensure_experiment, outcome_of  # noqa: E402
 from search.train import TrainConfig, evaluate_test, load_data, model_from_checkpoint, test_batches  # noqa: E402
 from search.trainable import CHECKPOINT_FILE, trainable  # noqa: E402
@@ -128,7 +128,9 @@ def make_searcher(space: Space, max_concurrent: int) -> ConcurrencyLimiter:
     # constant_liar: running trials count as bad guesses, so parallel workers don't all sample one spot.
     sampler = optuna.samplers.TPESampler(seed=s["SEED"], constant_liar=True, multivariate=True)
     searcher = OptunaASHA(
-        space=FixedParams(space.params, space.fixed) if callable(space.params) else None,
+        # The space goes to the searcher, not to the Tuner's param_space: a searcher that Tune restores from an
+        # experiment killed before its first snapshot must still know it.
+        space=FixedParams(space.params, space.fixed) if callable(space.params) else distributions(space),
         metric=s["METRIC"], mode=s["MODE"], sampler=sampler, study_name=STUDY_NAME,
         points_to_evaluate=[dict(p) for p in s["START_WITH"]] or None,
         max_epochs=s["MAX_EPOCHS"], penalty=space.penalty(),
@@ -366,7 +368,10 @@ def _fit(space: Space, name, storage, client, experiment_id, parent_run_id, data
     fn = tune.with_resources(trainable, resources)
     path = os.path.join(storage, name)
     if resume and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=False)
+        # param_space is not restored from the experiment: trials created from now on need it again
+        tuner = tune.Tuner.restore(
+            path, fn, resume_unfinished=True, resume_errored=False, param_space=space.base_config(data_dir)
+        )
         return tuner.fit()
     callback = MLflowTrials(client.tracking_uri, experiment_id, parent_run_id, s["MAX_EPOCHS"])
     searched = list(space.params) if isinstance(space.params, dict) else []
@@ -380,7 +385,7 @@ def _fit(space: Space, name, storage, client, experiment_id, parent_run_id, data
     )
     tuner = tune.Tuner(
         fn,
-        param_space=space.param_space(data_dir),
+        param_space=space.base_config(data_dir),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(space, _concurrency(space)),
             scheduler=ASHAScheduler(
@@ -471,7 +476,8 @@ def _retrain(space, top, params, seeds, data_dir, results, client, parent_run_id
     path = results.experiment_path + "-final"
     fn = tune.with_resources(trainable, {"cpu": s["CPUS_PER_TRIAL"], "gpu": s["GPUS_PER_TRIAL"]})
     if tune.Tuner.can_restore(path):
-        retrained = tune.Tuner.restore(path, fn, resume_unfinished=True).fit()
+        param_space = {**space.base_config(data_dir), "variant": tune.grid_search(variants)}
+        retrained = tune.Tuner.restore(path, fn, resume_unfinished=True, param_space=param_space).fit()
     else:
         callback = MLflowTrials(
             client.tracking_uri, client.get_run(parent_run_id).info.experiment_id, parent_run_id, s["MAX_EPOCHS"],

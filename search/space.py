@@ -96,11 +96,6 @@ class Space:
         }  # fmt: skip
         return {**base, **self.fixed}
 
-    def param_space(self, data_dir: str = "") -> dict:
-        """The Tuner's param_space: the fixed config plus, for a dict space, its samplers."""
-        samplers = self.params if isinstance(self.params, dict) else {}
-        return {**self.base_config(data_dir), **samplers}
-
     def penalty(self) -> float:
         """The score a diverged trial gets: chance level, so TPE learns that region is bad."""
         classes = DATASETS[self.settings["DATASET"]].num_classes

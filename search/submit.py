@@ -229,7 +229,9 @@ def checked_command(run_argv: list[str], tracking_uri: str) -> list[str]:
     parts = urlsplit(tracking_uri)
     if parts.password:
         raise UsageError("tracking URI: keep the password out of it, in MLFLOW_TRACKING_PASSWORD")
-    if parts.scheme not in ("http", "https") and not Path(parts.path).is_absolute():
+    # sqlite:///x.db is a relative path, sqlite:////x.db an absolute one; a bare path is a local store too.
+    local = {"sqlite": parts.path[1:], "file": parts.path, "": parts.path}.get(parts.scheme)
+    if local is not None and not Path(local).is_absolute():
         raise UsageError(
             f"tracking URI {tracking_uri}: the job would write into its temporary working directory; give the "
             "shared MLflow server's http(s):// address"

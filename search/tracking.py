@@ -7,6 +7,7 @@ only decides when to call them.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -221,7 +222,44 @@ class MLflowTrials(tune.Callback):
         self.flush()
 
     def on_experiment_end(self, trials, **info) -> None:
+        self.reconcile(trials)
         self.flush()
+
+    def reconcile(self, trials) -> None:
+        """Makes MLflow agree with Tune after a driver was killed: one complete run per trial, none RUNNING.
+
+        A killed driver loses whatever was buffered, and a resumed Tune does not replay trials that had already
+        ended. So: epochs missing from a run are filled in from the trial's own result.json, runs of ended trials
+        are ended, and runs of trials the restored experiment never knew (created after its last snapshot,
+        then suggested anew) are deleted.
+        """
+        known = {t.trial_id for t in trials}
+        for trial_id, run_id in list(self._runs.items()):
+            if trial_id not in known:
+                self.client.delete_run(run_id)
+                del self._runs[trial_id]
+        for trial in trials:
+            run_id = self._runs.get(trial.trial_id)
+            last = trial.last_result or {}
+            if run_id is None or last.get("epoch", 0) <= self._logged_epoch.get(run_id, 0):
+                continue
+            results = Path(trial.local_path or "", "result.json")
+            if results.exists():
+                for line in results.read_text().splitlines():
+                    self._add_epoch(run_id, json.loads(line), int(time.time() * 1000))
+        ended = {"TERMINATED": None, "ERROR": "errored"}
+        for trial in trials:
+            run_id = self._runs.get(trial.trial_id)
+            if run_id is None or trial.status not in ended or self.client.get_run(run_id).info.status != "RUNNING":
+                continue
+            if run_id in self._buffer and any(isinstance(i, tuple) for i in self._buffer[run_id]):
+                continue  # its end is already buffered
+            outcome = ended[trial.status] or outcome_of(trial.last_result, self.max_epochs)
+            self._end(trial, outcome)
+        for trial in trials:  # an interrupted search: --resume sets these RUNNING again
+            run_id = self._runs.get(trial.trial_id)
+            if run_id is not None and trial.status not in ended:
+                self._buffer.setdefault(run_id, []).extend([RunTag("outcome", "interrupted"), ("end", "KILLED")])
 
     def flush(self) -> None:
         """Sends every buffered metric, tag and run end; keeps whatever the store did not take."""

@@ -112,7 +112,8 @@ def test_diverged_and_crashed_trials_are_recorded_and_the_search_goes_on(data_di
     space = tmp_path / "mixed.py"
     space.write_text(
         "from ray import tune\n"
-        "DATASET = 'fashion_mnist'\nMODEL = 'vgg7'\nMAX_EPOCHS = 2\nGRACE_PERIOD = 2\nNUM_SAMPLES = 3\nMAX_FAILURES = 1\n"
+        "DATASET = 'fashion_mnist'\nMODEL = 'vgg7'\nMAX_EPOCHS = 2\nGRACE_PERIOD = 2\n"
+        "NUM_SAMPLES = 3\nMAX_FAILURES = 1\n"
         "FIXED = {'width1': 8, 'width2': 16, 'fc1': 32, 'optimizer': 'sgd', 'momentum': 0.0, 'scheduler': 'none'}\n"
         "SPACE = {'lr': tune.loguniform(0.01, 0.1), 'train_subset': tune.choice([256, 10**6])}\n"
         # a huge lr diverges; a train_subset larger than the data raises inside the trial
@@ -135,3 +136,73 @@ def test_diverged_and_crashed_trials_are_recorded_and_the_search_goes_on(data_di
     by_lr = {t.params["lr"]: t for t in study.trials}
     assert by_lr[1e9].state == optuna.trial.TrialState.COMPLETE and by_lr[1e9].value == pytest.approx(0.1)  # chance
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.FAIL) == 1
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def checkpoints(runs: Path) -> list:
+    return list(runs.glob("*/*/checkpoint_*"))
+
+
+def all_trials_ended(uri: str) -> bool:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("vgg_fashion_mnist")
+    if experiment is None:
+        return False
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.trial_id != ''")
+    return len(runs) == 4 and all(r.info.status != "RUNNING" for r in runs)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "before_first_report",  # Tune state exists, no trial has reported
+        "mid_search",  # trials have checkpoints, others pending
+        "final_evaluation",  # every trial ended; the winner is being tested and logged
+    ],
+)
+def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(moment, data_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet",
+        "--name", "killed", "--storage", str(runs), "--tracking-uri", uri, "--data-dir", str(data_dir),
+        "--set", "MAX_EPOCHS=3", "--set", "MAX_CONCURRENT=1",
+    ]  # fmt: skip
+    driver = subprocess.Popen(
+        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    if moment == "before_first_report":
+        wait_for(lambda: (runs / "killed" / "search.json").exists(), 120, "the search to start")
+    elif moment == "mid_search":
+        wait_for(lambda: len(checkpoints(runs)) >= 2, 300, "two checkpoints")
+    else:
+        wait_for(lambda: all_trials_ended(uri), 600, "every trial to end")
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a crash would
+    driver.wait()
+
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "best trial" in resumed.stdout
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("vgg_fashion_mnist")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.smoke = 'True'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_runs = children(client, parents[0].info.run_id)
+    assert len(trial_runs) == 4 and len({r.data.tags["trial_id"] for r in trial_runs}) == 4
+    for run in trial_runs:
+        assert run.info.status != "RUNNING"
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert epochs == list(range(1, int(run.data.tags["epoch"]) + 1)), epochs  # none lost, none twice
+    study = load_study(runs / "killed")
+    assert len(study.trials) == 4
+    assert all(t.state.is_finished() for t in study.trials)
+    tune_trials = {p.name for p in (runs / "killed").iterdir() if p.is_dir()}
+    assert {r.data.tags["trial_id"] for r in trial_runs} <= tune_trials

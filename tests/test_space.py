@@ -40,7 +40,7 @@ def test_overrides_fix_a_parameter_or_change_a_setting(tmp_path):
     space = load_space(write(tmp_path, GOOD), {"lr": 0.01, "NUM_SAMPLES": 3})
     assert "lr" not in space.params and space.fixed["lr"] == 0.01
     assert space.settings["NUM_SAMPLES"] == 3
-    assert space.param_space()["lr"] == 0.01
+    assert space.base_config()["lr"] == 0.01
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,10 @@ def test_overrides_fix_a_parameter_or_change_a_setting(tmp_path):
         (GOOD + "SPACE['lr'] = tune.uniform(0.1, 0.01)\n", r"SPACE\['lr'\]: `low <= high` must hold"),
         (GOOD + "SPACE['lr'] = tune.loguniform(0, 0.1)\n", r"space.py:\d+: ValueError: LogUniform requires"),
         (GOOD + "SPACE['width1'] = 'wide'\n", "width1"),
-        (GOOD + "SPACE['stride1'] = tune.choice([16, 32])\nFIXED = {'kernel1': 16, 'kernel2': 4}\n", "every architecture"),
+        (
+            GOOD + "SPACE['stride1'] = tune.choice([16, 32])\nFIXED = {'kernel1': 16, 'kernel2': 4}\n",
+            "every architecture",
+        ),
         (GOOD + "SPACE = {}\n", "SPACE is empty"),
         ("DATASET = 'cifar10'\nMODEL = 'vgg7'\n", "no search space"),
         ("MODEL = 'vgg7'\nSPACE = {'lr': 0.1}\n", "DATASET is required"),
