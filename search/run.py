@@ -19,6 +19,10 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table, plain lines off a terminal
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
+# MLflow's HTTP defaults retry for minutes; a search would rather buffer and retry at its next flush.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
@@ -213,6 +217,19 @@ def check_shared_storage(storage: str) -> None:
         )
 
 
+def check_writable(storage: str) -> None:
+    """Fails before anything starts when checkpoints could not be written (URIs are left to Ray)."""
+    if "://" in storage:
+        return
+    existing = Path(storage)
+    while not existing.exists():  # checked without creating anything: nothing is written before the search
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--storage {storage}: cannot write there ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--storage {storage}: cannot write there (no write permission on {existing})")
+
+
 def _find_previous(storage: str, stem: str) -> str:
     found = sorted(Path(storage).glob(f"{stem}-*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
     if not found:
@@ -284,6 +301,8 @@ def search(
         if _state_path(storage, name).exists():
             raise UsageError(f"--name {name}: a search of that name exists in {storage}; use --resume or a new name")
 
+    if not resume:
+        check_writable(storage)
     # The driver reads the data too (final test): missing or corrupt files, or subsets larger than the data,
     # fail here, before any trial.
     load_data(TrainConfig.from_dict(space.base_config(data_dir)))

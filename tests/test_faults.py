@@ -1,0 +1,122 @@
+"""Faults injected into real searches: killed trial workers, an absent tracking server, bad storage, two
+searches at once. (A killed driver is in test_search.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search.data import write_fake
+
+ROOT = Path(__file__).parents[1]
+FASHION = str(ROOT / "spaces/vgg_fashion_mnist.py")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fault_data")
+    write_fake("fashion_mnist", str(root), train=640, test=100)
+    return root
+
+
+def search_cmd(data_dir, tmp_path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "search.run", FASHION, "--smoke", "--quiet", "--data-dir", str(data_dir),
+        "--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", *extra,
+    ]  # fmt: skip
+
+
+def trial_runs(uri: str) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("vgg_fashion_mnist")
+    return client.search_runs([experiment.experiment_id], filter_string="tags.trial_id != ''")
+
+
+@pytest.mark.parametrize("max_failures", [1, 0])
+def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit(max_failures, data_dir, tmp_path):
+    cmd = search_cmd(
+        data_dir, tmp_path, "--name", "crash", "--set", "NUM_SAMPLES=2", "--set", "MAX_EPOCHS=5",
+        "--set", "GRACE_PERIOD=5", "--set", "MAX_CONCURRENT=1", "--set", f"MAX_FAILURES={max_failures}",
+    )  # fmt: skip
+    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "runs" / "crash"
+    deadline = time.monotonic() + 300
+    while not list(runs.glob("*/checkpoint_000001")):  # the first trial finished its second epoch
+        assert time.monotonic() < deadline and driver.poll() is None, "no checkpoint appeared"
+        time.sleep(0.2)
+    workers = [
+        p for p in psutil.Process(driver.pid).children(recursive=True) if "ImplicitFunc" in " ".join(p.cmdline())
+    ]
+    assert workers, "found no trial worker under the driver"
+    for worker in workers:
+        worker.kill()  # SIGKILL: the worker process dies mid-epoch, as on an out-of-memory kill
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, err[-3000:]
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    outcomes = sorted(r.data.tags["outcome"] for r in trial_runs(uri))
+    if max_failures:
+        assert outcomes == ["completed", "completed"]
+        for trial in (p for p in runs.iterdir() if (p / "result.json").exists()):
+            epochs = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines()]
+            assert epochs[-1] == 5 and len(epochs) - len(set(epochs)) <= 1, epochs  # at most one epoch redone
+    else:
+        assert outcomes == ["completed", "errored"]  # the search went on without the crashed trial
+    for run in trial_runs(uri):
+        assert run.info.status in ("FINISHED", "FAILED")
+        steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == sorted(set(steps)), steps  # no epoch logged twice
+
+
+def test_an_unreachable_tracking_server_refuses_to_start(data_dir, tmp_path):
+    cmd = search_cmd(data_dir, tmp_path)
+    cmd[cmd.index("--tracking-uri") + 1] = "http://127.0.0.1:9"  # nothing listens on the discard port
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: MLflow tracking store http://127.0.0.1:9:"), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unwritable_storage_is_one_clear_line(data_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    cmd = search_cmd(data_dir, tmp_path)
+    cmd[cmd.index("--storage") + 1] = str(blocker / "runs")
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert f"--storage {blocker / 'runs'}: cannot write there" in out.stderr and out.stderr.count("\n") == 1
+    assert not (tmp_path / "mlflow.db").exists()  # nothing half-written: no parent run either
+
+
+def test_two_searches_at_once_share_data_and_tracking_without_harm(data_dir, tmp_path):
+    procs = [
+        subprocess.Popen(
+            search_cmd(data_dir, tmp_path, "--name", f"twin{i}"),
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("vgg_fashion_mnist")
+    parents = client.search_runs([experiment.experiment_id], filter_string="tags.smoke = 'True'")
+    assert sorted(p.info.run_name for p in parents) == ["twin0", "twin1"]
+    for parent in parents:
+        assert parent.info.status == "FINISHED"
+        kids = client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        assert len(kids) == 4 and all(k.info.status != "RUNNING" for k in kids)
