@@ -206,3 +206,18 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(moment, data
     assert all(t.state.is_finished() for t in study.trials)
     tune_trials = {p.name for p in (runs / "killed").iterdir() if p.is_dir()}
     assert {r.data.tags["trial_id"] for r in trial_runs} <= tune_trials
+
+
+def test_final_retrains_report_mean_and_spread_over_seeds(data_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = search(
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets={"NUM_SAMPLES": 3}, data_dir=str(data_dir),
+        storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True, final_top_k=2, final_seeds=2,
+    )  # fmt: skip
+    final = result.summary["final"]["configs"]
+    assert len(final) == 2 and all(row["seeds"] == 2 for row in final)
+    assert all(0 <= row["test_acc_mean"] <= 1 and row["test_acc_std"] >= 0 for row in final)
+    client = MlflowClient(uri)
+    retrains = [r for r in children(client, result.parent_run_id) if r.data.tags.get("stage") == "final"]
+    assert len(retrains) == 4 and {r.data.params["seed"] for r in retrains} == {"1", "2"}
+    assert all(r.info.status == "FINISHED" and r.data.tags["outcome"] == "completed" for r in retrains)
