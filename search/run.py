@@ -28,6 +28,7 @@ import mlflow  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
@@ -331,18 +332,32 @@ def search(
             raise KeyboardInterrupt
         result = _finish(space, results, client, parent_run_id, data_dir, final_top_k, final_seeds, start)
     except KeyboardInterrupt:
-        client.set_tag(parent_run_id, "state", f"interrupted; resume with --resume --name {name}")
-        client.set_terminated(parent_run_id, status="KILLED")
+        _end_parent(client, parent_run_id, "KILLED", state=f"interrupted; resume with --resume --name {name}")
         print(f"interrupted: resume with  python -m search.run {space.path} --resume --name {name}")
         raise
+    except (MlflowException, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise SearchFailed(
+            f"MLflow store {client.tracking_uri} failed at the end ({reason}); the search's results are safe "
+            f"under {storage}/{name}: once the store is back, run  python -m search.run {space.path} --resume "
+            f"--name {name}  to complete its runs"
+        ) from None
     except BaseException as exc:
-        client.set_tag(parent_run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_terminated(parent_run_id, status="FAILED")
+        _end_parent(client, parent_run_id, "FAILED", error=f"{type(exc).__name__}: {exc}"[:5000])
         raise
     result.experiment_path = experiment_path
     client.set_terminated(parent_run_id, status="FINISHED")
     report.print_summary(result.summary)
     return result
+
+
+def _end_parent(client, run_id: str, status: str, **tags) -> None:
+    try:
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        client.set_terminated(run_id, status=status)
+    except (MlflowException, OSError):  # the store is away; --resume ends the run properly
+        pass
 
 
 def _state_path(storage: str, name: str) -> Path:
@@ -392,7 +407,8 @@ def _fit(space: Space, name, storage, client, experiment_id, parent_run_id, data
             path, fn, resume_unfinished=True, resume_errored=False, param_space=space.base_config(data_dir)
         )
         return tuner.fit()
-    callback = MLflowTrials(client.tracking_uri, experiment_id, parent_run_id, s["MAX_EPOCHS"])
+    hint = f"python -m search.run {space.path} --resume --name {name}"
+    callback = MLflowTrials(client.tracking_uri, experiment_id, parent_run_id, s["MAX_EPOCHS"], resume_hint=hint)
     searched = list(space.params) if isinstance(space.params, dict) else []
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", s["METRIC"]: s["METRIC"], "outcome": "outcome"},

@@ -21,11 +21,13 @@ import asyncio
 import contextlib
 import getpass
 import importlib.metadata
+import logging
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -316,7 +318,7 @@ def follow(address: str, job_id: str) -> str:
             raise
         status = client.get_job_status(job_id)
         while not status.is_terminal():  # the log stream can end a moment before the status does
-            asyncio.run(asyncio.sleep(1))
+            time.sleep(1)
             status = client.get_job_status(job_id)
     return str(status)
 
@@ -338,7 +340,7 @@ def _parser(commands: bool) -> argparse.ArgumentParser:
             prog="python -m search.submit",
             usage="%(prog)s SPACE --address URL [--follow] [--pip] [search.run options]\n"
             "       %(prog)s {status,logs,stop} JOB_ID --address URL",
-            description=__doc__.split("\n\n")[0],
+            description="Submit a search to a Ray cluster as a Ray Job; follow, inspect or stop it.",
             epilog="search.run options: python -m search.run --help (--storage, shared by every node, is required)",
             allow_abbrev=False,
         )
@@ -355,8 +357,20 @@ def _parser(commands: bool) -> argparse.ArgumentParser:
     return p
 
 
+# The Jobs SDK's INFO lines (each file it leaves out of the package, each upload, each websocket closed) and its
+# warning about the folders it now leaves out by default, which EXCLUDES leaves out too.
+QUIET_LOGGERS = (
+    "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk", "ray._private.runtime_env.packaging",
+    "ray._private.runtime_env.working_dir",
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    import ray.job_submission  # noqa: F401 - first: importing it sets its loggers' levels
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     if argv and argv[0] in ("status", "logs", "stop"):
         return _job_command(_parser(commands=True).parse_args(argv))
     args, run_argv = _parser(commands=False).parse_known_args(argv)

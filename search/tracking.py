@@ -103,6 +103,7 @@ class MLflowTrials(tune.Callback):
         max_epochs: the epoch budget of a full trial, to tell completed from stopped early.
         flush_seconds: the longest a metric waits in the buffer.
         tags: extra tags of every child run (the final retrains get stage=final).
+        resume_hint: the command that completes the runs if the store is still away at the end.
     """
 
     def __init__(
@@ -113,8 +114,10 @@ class MLflowTrials(tune.Callback):
         max_epochs: int,
         flush_seconds: float = 5,
         tags: dict | None = None,
+        resume_hint: str = "",
     ):
         self.tags = dict(tags or {})
+        self.resume_hint = resume_hint
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -125,8 +128,9 @@ class MLflowTrials(tune.Callback):
     def _reset(self) -> None:
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
-        self._logged_epoch: dict[str, int] = {}  # run_id -> last epoch sent (or buffered)
-        self._buffer: dict[str, list] = {}  # run_id -> [Metric | RunTag | ("end", status)]
+        self._logged_epoch: dict[str, int] = {}  # trial_id -> last epoch sent or buffered
+        # trial_id -> what the store has not taken yet, in order: ("start", config) | ("status", s) | Metric | RunTag
+        self._buffer: dict[str, list] = {}
         self._last_flush = 0.0
 
     def __getstate__(self) -> dict:
@@ -140,60 +144,48 @@ class MLflowTrials(tune.Callback):
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.tracking_uri)
-            self._runs = child_runs(self._client, self.experiment_id, self.parent_run_id)
-            for run_id in self._runs.values():
-                history = self._client.get_metric_history(run_id, "val_acc")
-                self._logged_epoch[run_id] = max((m.step for m in history), default=0)
+            client = MlflowClient(self.tracking_uri)
+            self._runs = child_runs(client, self.experiment_id, self.parent_run_id)
+            for trial_id, run_id in self._runs.items():
+                history = client.get_metric_history(run_id, "val_acc")
+                self._logged_epoch[trial_id] = max((m.step for m in history), default=0)
+            self._client = client
         return self._client
 
     def setup(self, **info) -> None:
-        self.client  # noqa: B018 - find the runs of a resumed search before its trials report
+        self.client  # noqa: B018 - find the runs of a resumed search before its trials report (checked reachable)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        run_id = self.client and self._runs.get(trial.trial_id)
-        if run_id is None:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=trial.trial_id,
-                tags={
-                    MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                    "trial_id": trial.trial_id,
-                    "outcome": "running",
-                    **self.tags,
-                },  # fmt: skip
-            )
-            run_id = self._runs[trial.trial_id] = run.info.run_id
-            log_batched(self.client, run_id, params=params_of(trial.config))
-        else:  # a resumed trial continues its own run
-            self.client.update_run(run_id, status="RUNNING")
-        self._logged_epoch.setdefault(run_id, 0)
+        if trial.trial_id in self._runs:  # a resumed trial continues its own run
+            self._queue(trial.trial_id, ("status", "RUNNING"))
+        else:
+            self._queue(trial.trial_id, ("start", dict(trial.config)))
+        self._logged_epoch.setdefault(trial.trial_id, 0)
+        self.flush()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        run_id = self._runs.get(trial.trial_id)
-        if run_id is None:
-            return
         now = int(time.time() * 1000)
         for past in result.get("history") or []:  # epochs a restore replayed from its checkpoint
-            self._add_epoch(run_id, past, now)
-        self._add_epoch(run_id, result, now)
-        self._buffer[run_id] += [
-            RunTag("epoch", str(result.get("epoch", 0))),
-            RunTag("node_id", str(result.get("node_id"))),
-        ]
+            self._add_epoch(trial.trial_id, past, now)
+        self._add_epoch(trial.trial_id, result, now)
+        tags = [RunTag("epoch", str(result.get("epoch", 0))), RunTag("node_id", str(result.get("node_id")))]
+        self._queue(trial.trial_id, *tags)
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
-    def _add_epoch(self, run_id: str, result: dict, timestamp: int) -> None:
+    def _queue(self, trial_id: str, *items) -> None:
+        self._buffer.setdefault(trial_id, []).extend(items)
+
+    def _add_epoch(self, trial_id: str, result: dict, timestamp: int) -> None:
         epoch = int(result.get("epoch", 0))
-        if epoch <= self._logged_epoch.get(run_id, 0):
+        if epoch <= self._logged_epoch.get(trial_id, 0):
             return
-        self._logged_epoch[run_id] = epoch
-        batch = self._buffer.setdefault(run_id, [])
+        self._logged_epoch[trial_id] = epoch
         for key in METRICS:
             value = result.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                batch.append(Metric(key, float(value) if math.isfinite(value) else float("nan"), timestamp, epoch))
+                value = float(value) if math.isfinite(value) else float("nan")
+                self._queue(trial_id, Metric(key, value, timestamp, epoch))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._end(trial, outcome_of(trial.last_result, self.max_epochs))
@@ -204,80 +196,106 @@ class MLflowTrials(tune.Callback):
         trace = (Path(local).read_text() if local and Path(local).exists() else trial.get_error()) or "unknown error"
         lines = [line for line in str(trace).splitlines() if line.strip()]
         message = next((line for line in reversed(lines) if not line.startswith(" ")), lines[-1])
-        self._end(trial, "errored", extra=[RunTag("error", message[:5000])])
-        run_id = self._runs.get(trial.trial_id)
-        if run_id is not None:
-            try:
-                self.client.log_text(run_id, str(trace), "error.txt")
-            except (MlflowException, OSError) as exc:
-                log.warning("MLflow: could not log the error of run %s (%s)", run_id, str(exc)[:200])
+        self._end(trial, "errored", extra=[RunTag("error", message[:5000]), ("text", str(trace), "error.txt")])
 
     def _end(self, trial, outcome: str, extra=()) -> None:
-        run_id = self._runs.get(trial.trial_id)
-        if run_id is None:
-            return
         epoch = (trial.last_result or {}).get("epoch", 0)
-        tags = [RunTag("outcome", outcome), RunTag("epoch", str(epoch)), *extra]
-        self._buffer.setdefault(run_id, []).extend([*tags, ("end", STATUS[outcome])])
+        self._queue(trial.trial_id, RunTag("outcome", outcome), RunTag("epoch", str(epoch)), *extra)
+        self._queue(trial.trial_id, ("status", STATUS[outcome]))
         self.flush()
 
     def on_experiment_end(self, trials, **info) -> None:
         self.reconcile(trials)
         self.flush()
+        if self.pending():
+            log.error(
+                "MLflow: %d trial runs are incomplete (the store at %s is unreachable); nothing is lost: once it is "
+                "back, `%s` completes them from the search's own records",
+                len(self.pending()), self.tracking_uri, self.resume_hint or "python -m search.run SPACE --resume",
+            )  # fmt: skip
 
     def reconcile(self, trials) -> None:
-        """Makes MLflow agree with Tune after a driver was killed: one complete run per trial, none RUNNING.
+        """Makes MLflow agree with Tune: one complete run per trial, none RUNNING once the search has ended.
 
-        A killed driver loses whatever was buffered, and a resumed Tune does not replay trials that had already
-        ended. So: epochs missing from a run are filled in from the trial's own result.json, runs of ended trials
-        are ended, and runs of trials the restored experiment never knew (created after its last snapshot,
-        then suggested anew) are deleted.
+        A killed driver or an absent tracking server loses or holds back what was buffered, and a resumed Tune
+        does not replay trials that had already ended. So: runs missing are created, epochs missing are filled
+        in from each trial's own result.json, runs of ended trials are ended, and runs of trials the restored
+        experiment never knew (created after its last snapshot, then suggested anew) are deleted.
         """
+        try:
+            self._reconcile(trials)
+        except (MlflowException, OSError) as exc:
+            log.warning("MLflow: store unreachable at the end of the search (%s)", str(exc)[:200])
+
+    def _reconcile(self, trials) -> None:
         known = {t.trial_id for t in trials}
         for trial_id, run_id in list(self._runs.items()):
             if trial_id not in known:
                 self.client.delete_run(run_id)
                 del self._runs[trial_id]
-        for trial in trials:
-            run_id = self._runs.get(trial.trial_id)
-            last = trial.last_result or {}
-            if run_id is None or last.get("epoch", 0) <= self._logged_epoch.get(run_id, 0):
-                continue
-            results = Path(trial.local_path or "", "result.json")
-            if results.exists():
-                for line in results.read_text().splitlines():
-                    self._add_epoch(run_id, json.loads(line), int(time.time() * 1000))
         ended = {"TERMINATED": None, "ERROR": "errored"}
         for trial in trials:
-            run_id = self._runs.get(trial.trial_id)
-            if run_id is None or trial.status not in ended or self.client.get_run(run_id).info.status != "RUNNING":
-                continue
-            if run_id in self._buffer and any(isinstance(i, tuple) for i in self._buffer[run_id]):
-                continue  # its end is already buffered
-            outcome = ended[trial.status] or outcome_of(trial.last_result, self.max_epochs)
-            self._end(trial, outcome)
-        for trial in trials:  # an interrupted search: --resume sets these RUNNING again
-            run_id = self._runs.get(trial.trial_id)
-            if run_id is not None and trial.status not in ended:
-                self._buffer.setdefault(run_id, []).extend([RunTag("outcome", "interrupted"), ("end", "KILLED")])
+            tid, queued = trial.trial_id, self._buffer.get(trial.trial_id, [])
+            if tid not in self._runs and not any(isinstance(i, tuple) and i[0] == "start" for i in queued):
+                self._queue(tid, ("start", dict(trial.config)))
+            if (trial.last_result or {}).get("epoch", 0) > self._logged_epoch.get(tid, 0):
+                for line in _result_lines(trial):
+                    self._add_epoch(tid, json.loads(line), int(time.time() * 1000))
+            if any(isinstance(i, tuple) and i[0] == "status" and i[1] != "RUNNING" for i in queued):
+                continue  # its end is already on its way
+            if trial.status in ended:
+                if tid not in self._runs or self.client.get_run(self._runs[tid]).info.status == "RUNNING":
+                    self._end(trial, ended[trial.status] or outcome_of(trial.last_result, self.max_epochs))
+            else:  # an interrupted search: --resume sets these RUNNING again
+                self._queue(tid, RunTag("outcome", "interrupted"), ("status", "KILLED"))
 
     def flush(self) -> None:
-        """Sends every buffered metric, tag and run end; keeps whatever the store did not take."""
+        """Sends what is buffered, run by run, in order; keeps whatever the store did not take."""
         self._last_flush = time.monotonic()
-        for run_id in list(self._buffer):
-            items = self._buffer[run_id]
-            metrics = [m for m in items if isinstance(m, Metric)]
-            tags = list({t.key: t for t in items if isinstance(t, RunTag)}.values())
-            ends = [status for kind, status in (i for i in items if isinstance(i, tuple))]
+        for trial_id in list(self._buffer):
             try:
-                log_batched(self.client, run_id, metrics=metrics, tags=tags)
-                if ends:
-                    self.client.set_terminated(run_id, status=ends[-1])
+                self._send(trial_id, self._buffer[trial_id])
             except (MlflowException, OSError) as exc:
-                log.warning("MLflow: could not log to run %s (%s); will retry", run_id, str(exc)[:200])
-                continue
-            del self._buffer[run_id]
+                log.warning("MLflow: could not log trial %s (%s); will retry", trial_id, str(exc)[:200])
+                return  # the store is away: don't spend a round of retries on every other trial too
+            del self._buffer[trial_id]
+
+    def _send(self, trial_id: str, items: list) -> None:
+        """Sends one trial's items; what succeeded leaves `items`, so a retry never sends it twice."""
+        for i, item in enumerate(items):
+            if isinstance(item, tuple) and item[0] == "start":
+                run = self.client.create_run(
+                    self.experiment_id,
+                    run_name=trial_id,
+                    tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, "trial_id": trial_id, **self.tags},
+                )
+                self._runs[trial_id] = run.info.run_id
+                items[i] = ("params", item[1])
+        run_id = self._runs[trial_id]
+        params = [p for i in items if isinstance(i, tuple) and i[0] == "params" for p in params_of(i[1])]
+        metrics = [m for m in items if isinstance(m, Metric)]
+        tags = list({t.key: t for t in items if isinstance(t, RunTag)}.values())
+        log_batched(self.client, run_id, metrics=metrics, params=params, tags=tags)
+        items[:] = [i for i in items if isinstance(i, tuple) and i[0] in ("text", "status")]
+        while items and items[0][0] == "text":
+            self.client.log_text(run_id, items[0][1], items[0][2])
+            items.pop(0)
+        statuses = [item[1] for item in items if item[0] == "status"]
+        if statuses and statuses[-1] == "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        elif statuses:
+            self.client.set_terminated(run_id, status=statuses[-1])
+        items.clear()
 
     def pending(self) -> list[str]:
-        """Run ids with metrics or ends the store has not taken yet."""
-        return [run_id for run_id, items in self._buffer.items() if items]
+        """Trial ids with metrics, tags or ends the store has not taken yet."""
+        return [trial_id for trial_id, items in self._buffer.items() if items]
+
+
+def _result_lines(trial) -> list[str]:
+    """Every result a trial reported, from Tune's result.json (the driver's copy, else the synced one)."""
+    for folder in (trial.local_path, trial.path):
+        path = Path(folder or "", "result.json")
+        if folder and "://" not in folder and path.exists():
+            return path.read_text().splitlines()
+    return []

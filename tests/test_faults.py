@@ -120,3 +120,86 @@ def test_two_searches_at_once_share_data_and_tracking_without_harm(data_dir, tmp
             [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
         )
         assert len(kids) == 4 and all(k.info.status != "RUNNING" for k in kids)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback that a test can stop and start again on the same store and port."""
+
+    def __init__(self, root: Path):
+        self.port, self.root, self.proc = free_port(), root, None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [
+            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+            "--artifacts-destination", str(self.root / "art"), "--workers", "1",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                MlflowClient(self.uri).search_experiments(max_results=1)
+                return
+            except Exception:
+                assert time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(1)
+
+    def stop(self) -> None:
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.mark.parametrize("comes_back", ["mid_search", "after_the_search"])
+def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down; the search retries
+    server = MlflowServer(tmp_path)
+    server.start()
+    try:
+        cmd = search_cmd(data_dir, tmp_path, "--name", "outage", "--set", "MAX_EPOCHS=3", "--set", "MAX_CONCURRENT=1")
+        cmd[cmd.index("--tracking-uri") + 1] = server.uri
+        driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        runs = tmp_path / "runs" / "outage"
+        deadline = time.monotonic() + 300
+        while not list(runs.glob("*/checkpoint_000000")):
+            assert time.monotonic() < deadline and driver.poll() is None, "no checkpoint appeared"
+            time.sleep(0.2)
+        server.stop()  # trials go on training while the tracking server is away
+        if comes_back == "mid_search":
+            while len(list(runs.glob("*/checkpoint_*"))) < 4:
+                assert time.monotonic() < deadline and driver.poll() is None, "training stopped with the server"
+                time.sleep(0.2)
+            server.start()
+            _, err = driver.communicate(timeout=600)
+            assert driver.returncode == 0, err[-3000:]
+        else:
+            _, err = driver.communicate(timeout=600)
+            assert driver.returncode == 1
+            assert "--resume --name outage" in err.strip().splitlines()[-1]  # how to complete the runs
+            server.start()
+            resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+            assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+        client = MlflowClient(server.uri)
+        experiment = client.get_experiment_by_name("vgg_fashion_mnist")
+        (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.smoke = 'True'")
+        assert parent.info.status == "FINISHED" and "test_acc" in parent.data.metrics
+        kids = trial_runs(server.uri)
+        assert len(kids) == 4 and len({k.data.tags["trial_id"] for k in kids}) == 4
+        for kid in kids:
+            assert kid.info.status != "RUNNING" and kid.data.tags["outcome"] in ("completed", "stopped_early")
+            steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_acc")]
+            assert steps == list(range(1, int(kid.data.tags["epoch"]) + 1)), steps  # complete, none twice
+    finally:
+        server.stop()
