@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -143,3 +144,16 @@ def test_cli_rejects_bad_input_before_starting_anything(tmp_path, args, message)
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()  # no MLflow run
     assert not (tmp_path / "runs").exists()  # no Ray, no Tune state
+
+
+def test_resume_refuses_a_changed_space_file(tmp_path):
+    space = write(tmp_path, GOOD)
+    state = tmp_path / "runs" / "old" / "search.json"
+    state.parent.mkdir(parents=True)
+    state.write_text(json.dumps({"space_path": str(space), "space_sha": "0" * 16, "overrides": {}, "smoke": False}))
+    out = subprocess.run(
+        [sys.executable, "-m", "search.run", str(space), "--resume", "--name", "old"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert out.returncode == 2
+    assert f"--resume old: it searched {space} as it was then; {space} has changed" in out.stderr
