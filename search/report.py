@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -37,7 +38,7 @@ def trials_frame(results, space) -> pd.DataFrame:
         config = r.config or {}
         trial_id = last.get("trial_id") or (r.path and Path(r.path).name)
         for key in config:  # searched: whatever a trial's config sets beyond (or differently from) the base
-            if (key not in base or config[key] != base[key]) and key not in params:
+            if key != "data_dir" and (key not in base or config[key] != base[key]) and key not in params:
                 params.append(key)
         row = {
             "trial_id": trial_id,
@@ -181,7 +182,9 @@ def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, study, summar
         ("importance", ovm.plot_param_importances),
     ):
         try:
-            axes = plot(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
+                axes = plot(study)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # too few finished trials for the plot
             client.set_tag(run_id, f"plot.{name}", f"skipped: {exc}"[:500])
             continue
