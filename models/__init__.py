@@ -85,8 +85,7 @@ def build_model(name: str, **options: Option) -> nn.Module:
     unknown = sorted(set(options) - set(defaults))
     if unknown:
         raise ValueError(
-            f"unknown option {', '.join(map(repr, unknown))} for model {name!r}; "
-            f"valid options: {', '.join(defaults)}"
+            f"unknown option {', '.join(map(repr, unknown))} for model {name!r}; valid options: {', '.join(defaults)}"
         )
     for key, value in options.items():
         if not _same_kind(value, defaults[key]):

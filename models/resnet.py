@@ -42,9 +42,7 @@ class ResNet(nn.Module):
         width_mult: Multiplies the stage widths 64, 128, 256, 512 (rounded, at least 1).
     """
 
-    def __init__(
-        self, layers: list[int], num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0
-    ) -> None:
+    def __init__(self, layers: list[int], num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) -> None:
         super().__init__()
         widths = [max(1, round(w * width_mult)) for w in (64, 128, 256, 512)]
         self.stem = nn.Sequential(
@@ -72,9 +70,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.stages(self.stem(x))), 1))
 
 
-def resnet18(
-    num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width_mult: float = 1.0
-) -> ResNet:
+def resnet18(num_classes: int = 10, in_channels: int = 3, input_size: int = 32, width_mult: float = 1.0) -> ResNet:
     """CIFAR-style ResNet-18: BasicBlocks [2, 2, 2, 2].
 
     Args:

@@ -100,8 +100,7 @@ def _resolve(arch: str, options: dict[str, Option]) -> tuple[dict[str, Option], 
     unknown = sorted(set(options) - set(opts))
     if unknown:
         raise ValueError(
-            f"unknown option {', '.join(map(repr, unknown))} for model '{arch}'; "
-            f"valid options: {', '.join(opts)}"
+            f"unknown option {', '.join(map(repr, unknown))} for model '{arch}'; valid options: {', '.join(opts)}"
         )
     opts.update(options)
     if opts["init"] not in INITS:

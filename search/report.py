@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import warnings
@@ -20,13 +21,15 @@ MIN_AUDIT_TRIALS = 4  # rank correlations of fewer trials say nothing
 
 
 def git_commit() -> str:
+    # A Ray job's working directory has no .git: search.submit sends the submitter's commit along.
+    fallback = os.environ.get("SEARCH_GIT_COMMIT", "unknown")
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
         )
-        return out.stdout.strip() or "unknown"
+        return out.stdout.strip() or fallback
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 def trials_frame(results, space) -> pd.DataFrame:

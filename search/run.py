@@ -10,7 +10,9 @@ import argparse
 import json
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -214,7 +216,8 @@ def check_shared_storage(storage: str) -> None:
     if not fstype.startswith(NETWORK_FILESYSTEMS):
         raise UsageError(
             f"--storage {storage}: the Ray cluster has {len(nodes)} nodes but this path is on a local {fstype} "
-            "disk; a multi-node search needs shared storage for checkpoints (an NFS path or an s3:// URI)"
+            "disk; a multi-node search needs shared storage for checkpoints (an NFS path or an s3:// URI), or "
+            "--shared-storage if every node does see this path (nodes on one machine)"
         )
 
 
@@ -248,6 +251,7 @@ def search(
     name: str = "",
     resume: bool = False,
     storage: str = "runs",
+    shared_storage: bool = False,
     tracking_uri: str = "",
     data_dir: str = "",
     address: str = "",
@@ -270,6 +274,7 @@ def search(
         name: the search's name (default: the space file's name and the start time); with `resume`, which one.
         resume: continue an interrupted search to its end.
         storage: local path or URI (s3://, NFS path for clusters) for Tune state and checkpoints.
+        shared_storage: every node of the Ray cluster sees `storage` (skips the shared storage check).
         tracking_uri: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default, ./mlflow.db).
         data_dir: where datasets live on every node (default ./data or $SEARCH_DATA_DIR).
         address: an existing Ray cluster ("auto", "ray://...", host:port); default starts a local one.
@@ -313,7 +318,10 @@ def search(
     experiment_id = ensure_experiment(client, saved["experiment"] if resume else space.name)
 
     ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=not quiet, include_dashboard=False)
-    check_shared_storage(storage)
+    if threading.current_thread() is threading.main_thread():  # after ray.init: its handler exits at once
+        signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
+    if not shared_storage:
+        check_shared_storage(storage)
     start = time.time()
     if resume:
         parent_run_id = saved["parent_run_id"]
@@ -565,6 +573,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="search name (default: space name + start time)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search (the latest, or --name)")
     p.add_argument("--storage", default="runs", help="path or URI for Tune state and checkpoints (default ./runs)")
+    p.add_argument("--shared-storage", action="store_true", help="every node sees --storage: skip the check")
     p.add_argument("--tracking-uri", default="", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--data-dir", default="", help="dataset folder (default ./data or $SEARCH_DATA_DIR)")
     p.add_argument("--address", default="", help="existing Ray cluster address (default: start a local one)")
@@ -577,6 +586,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no live table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
+
+
+def _stop_like_ctrl_c(signum, frame) -> None:
+    # Slurm (time limit, preemption, scancel) and `ray job stop` send SIGTERM: stop as on Ctrl-C, so that Tune
+    # saves its state and the parent run says how to --resume. Once: Slurm may signal both this process and the
+    # batch script that forwards it, and a second Ctrl-C would skip Tune's last save.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    handler = signal.getsignal(signal.SIGINT)  # Tune's while it runs; called directly, Ray blocks SIGINT in jobs
+    if not callable(handler):
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 def main(argv: list[str] | None = None) -> int:

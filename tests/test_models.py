@@ -132,9 +132,7 @@ def test_wrong_type(option: str, value: object) -> None:
         build_model("vgg7", **{option: value})
 
 
-@pytest.mark.parametrize(
-    ("option", "value"), [("width1", 0), ("stride2", -1), ("dropout", 1.0), ("width_mult", 0)]
-)
+@pytest.mark.parametrize(("option", "value"), [("width1", 0), ("stride2", -1), ("dropout", 1.0), ("width_mult", 0)])
 def test_out_of_range(option: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"vgg7: option {option}={value} is out of range"):
         build_model("vgg7", **{option: value})

@@ -153,7 +153,10 @@ def test_resume_refuses_a_changed_space_file(tmp_path):
     state.write_text(json.dumps({"space_path": str(space), "space_sha": "0" * 16, "overrides": {}, "smoke": False}))
     out = subprocess.run(
         [sys.executable, "-m", "search.run", str(space), "--resume", "--name", "old"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
     )
     assert out.returncode == 2
     assert f"--resume old: it searched {space} as it was then; {space} has changed" in out.stderr
