@@ -31,7 +31,6 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter  # noqa: E402
@@ -40,7 +39,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from search import __version__, report  # noqa: E402
 from search.cli import UsageError, parse_sets, run_main  # noqa: E402
 from search.space import Space, distributions, load_space, parse_duration  # noqa: E402
-from search.tracking import MLflowTrials, check_server, ensure_experiment, outcome_of  # noqa: E402
+from search.tracking import MLflowTrials, ensure_experiment, open_store, outcome_of  # noqa: E402
 from search.train import TrainConfig, evaluate_test, load_data, model_from_checkpoint, test_batches  # noqa: E402
 from search.trainable import CHECKPOINT_FILE, trainable  # noqa: E402
 
@@ -312,8 +311,7 @@ def search(
     # The driver reads the data too (final test): missing or corrupt files, or subsets larger than the data,
     # fail here, before any trial.
     load_data(TrainConfig.from_dict(space.base_config(data_dir)))
-    client = MlflowClient(tracking_uri or None)
-    check_server(client)
+    client = open_store(tracking_uri)
     mlflow.set_tracking_uri(client.tracking_uri)  # the winner's model is logged through MLflow's fluent API
     experiment_id = ensure_experiment(client, saved["experiment"] if resume else space.name)
 

@@ -11,8 +11,11 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
+import mlflow
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -37,8 +40,28 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name)
 
 
+def open_store(tracking_uri: str | None) -> MlflowClient:
+    """A client of the tracking store, checked before any trial trains.
+
+    Raises:
+        ConnectionError: one line naming the tracking URI and what went wrong (unreachable, credentials).
+    """
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    # Opening a new sqlite store creates its tables; two searches starting at once would race doing so.
+    lock = FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else nullcontext()
+    try:
+        with lock:
+            client = MlflowClient(uri)
+            check_server(client)
+    except ConnectionError:
+        raise
+    except Exception as exc:
+        raise ConnectionError(f"MLflow tracking store {uri}: {_reason(exc)}") from None
+    return client
+
+
 def check_server(client: MlflowClient) -> None:
-    """Fails fast, before any trial trains, when the store is unreachable or rejects our credentials.
+    """Fails fast when the store is unreachable or rejects our credentials.
 
     Raises:
         ConnectionError: one line naming the tracking URI and what went wrong.
@@ -46,10 +69,14 @@ def check_server(client: MlflowClient) -> None:
     try:
         client.search_experiments(max_results=1)
     except Exception as exc:  # requests, MLflow and SQLAlchemy errors all mean the same thing here
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        if "401" in reason or "403" in reason or "Unauthorized" in reason:
-            reason = "credentials rejected (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
-        raise ConnectionError(f"MLflow tracking store {client.tracking_uri}: {reason}") from None
+        raise ConnectionError(f"MLflow tracking store {client.tracking_uri}: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if "401" in reason or "403" in reason or "Unauthorized" in reason:
+        reason = "credentials rejected (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+    return reason
 
 
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, str]:

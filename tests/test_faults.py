@@ -167,7 +167,9 @@ def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, 
     server = MlflowServer(tmp_path)
     server.start()
     try:
-        cmd = search_cmd(data_dir, tmp_path, "--name", "outage", "--set", "MAX_EPOCHS=3", "--set", "MAX_CONCURRENT=1")
+        # 8 trials x 5 epochs, none stopped early: long enough to bring the server back before the search ends
+        sets = ["NUM_SAMPLES=8", "MAX_EPOCHS=5", "GRACE_PERIOD=5", "MAX_CONCURRENT=1"]
+        cmd = search_cmd(data_dir, tmp_path, "--name", "outage", *[a for s in sets for a in ("--set", s)])
         cmd[cmd.index("--tracking-uri") + 1] = server.uri
         driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         runs = tmp_path / "runs" / "outage"
@@ -177,10 +179,8 @@ def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, 
             time.sleep(0.2)
         server.stop()  # trials go on training while the tracking server is away
         if comes_back == "mid_search":
-            while len(list(runs.glob("*/checkpoint_*"))) < 4:
-                assert time.monotonic() < deadline and driver.poll() is None, "training stopped with the server"
-                time.sleep(0.2)
-            server.start()
+            server.start()  # it is away while it boots (about 30 s on a loaded 2-core machine)
+            assert driver.poll() is None, "the search ended before the server was back: make it longer"
             _, err = driver.communicate(timeout=600)
             assert driver.returncode == 0, err[-3000:]
         else:
@@ -196,9 +196,9 @@ def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, 
         (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.smoke = 'True'")
         assert parent.info.status == "FINISHED" and "test_acc" in parent.data.metrics
         kids = trial_runs(server.uri)
-        assert len(kids) == 4 and len({k.data.tags["trial_id"] for k in kids}) == 4
+        assert len(kids) == 8 and len({k.data.tags["trial_id"] for k in kids}) == 8
         for kid in kids:
-            assert kid.info.status != "RUNNING" and kid.data.tags["outcome"] in ("completed", "stopped_early")
+            assert kid.info.status != "RUNNING" and kid.data.tags["outcome"] == "completed"
             steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_acc")]
             assert steps == list(range(1, int(kid.data.tags["epoch"]) + 1)), steps  # complete, none twice
     finally:
