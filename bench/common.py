@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+RESULT_MARK = "BENCH_RESULT "  # a child process prints its result as this mark and one line of JSON
+
 # Scratch space for data, Ray and MLflow stores and the JSON of every figure; `make clean` removes it.
 OUT = Path(os.environ.get("BENCH_OUT", Path(__file__).parent / "out"))
 
@@ -36,6 +38,11 @@ def verdict(ok: bool, target: str) -> str:
     return f"[target {target}: {'met' if ok else 'MISSED'}]"
 
 
+def child_result(data: dict) -> None:
+    """What a child process started by `run_child` prints as its result."""
+    print(RESULT_MARK + json.dumps(data, default=str), flush=True)
+
+
 def emit(text: str) -> None:
     print(text, flush=True)
 
@@ -48,7 +55,7 @@ def save(name: str, data: dict) -> Path:
 
 
 def run_child(module: str, args: Sequence[str], timeout: float) -> dict:
-    """Runs `python -m module args` in a fresh process and returns the JSON it prints on its last line.
+    """Runs `python -m module args` in a fresh process and returns the JSON it printed after RESULT_MARK.
 
     A fresh process per measurement: Ray starts and stops inside it, and no cache carries over.
     """
@@ -59,8 +66,8 @@ def run_child(module: str, args: Sequence[str], timeout: float) -> dict:
         timeout=timeout,
         cwd=Path(__file__).parent.parent,
     )
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
         raise RuntimeError(f"python -m {module} {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
-    return json.loads(lines[-1])
+    return json.loads(lines[-1].removeprefix(RESULT_MARK))
