@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
         child_result({"records": run_trials(data_dir, trials, concurrent, arenas)})
         sys.exit(0)
     extra = ["--quick"] if args.quick else []
-    n = 3 if args.quick else 5
+    n = 3 if args.quick else 8
     emit(f"# memory: fake CIFAR-100, {nbytes / MB:.0f} MB; {n} trials back to back (twice), then 2 and 4 at once")
     plan = {"back_to_back": f"{n},1", "back_to_back_arena2": f"{n},1,2", "concurrent_2": "4,2", "concurrent_4": "8,4"}
     runs = {name: run_child("bench.memory", ["--one", one, *extra], 1800)["records"] for name, one in plan.items()}
