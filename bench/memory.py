@@ -178,15 +178,15 @@ def report(runs: dict, copy: dict, dataset_mb: float) -> dict:
         "later_trials_arena2_mb": later_a,
         "met": {"held_once": held_once},
     }
-    one = end["anon"]
+    one = worker[1]["after"]["anon"]  # the back-to-back worker after 2 trials, as many as each one here runs
     for n in (2, 4):
         ws = per_worker(runs[f"concurrent_{n}"])
         anon = [w[-1]["after"]["anon"] for w in ws.values()]
         rss = [w[-1]["after"]["rss"] for w in ws.values()]
         emit(
             f"memory.concurrent_{n}: {sum(anon):.0f} MB private in {len(ws)} workers after {2 * n} trials "
-            f"({min(anon):.0f}..{max(anon):.0f} each; {sum(anon) / one:.2f}x one worker), {sum(rss):.0f} MB "
-            "summed RSS"
+            f"({min(anon):.0f}..{max(anon):.0f} each; {sum(anon) / one:.2f}x one worker after 2 trials), "
+            f"{sum(rss):.0f} MB summed RSS"
         )
     emit(
         f"memory.split_copy_per_trial: +{copy['splits_mb']:.0f} MB for load_splits over the cached arrays "

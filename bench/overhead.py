@@ -38,7 +38,7 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 from bench.common import child_result, emit, line, run_child, save, spread, verdict  # noqa: E402
 
 SPACE_FILE = str(Path(__file__).parent / "spaces" / "overhead.py")
-KINDS = ("ours", "bare", "defaults", "defaults_untracked")
+KINDS = ("ours", "bare", "ours_untracked", "defaults", "defaults_untracked")
 TRIALS, EPOCHS = 30, 10
 TARGET_VS_BARE = 1.2  # ours at most 1.2x the bare stack's time
 TARGET_VS_DEFAULTS = 5.0  # and at least 5x faster than the defaults with MLflowLoggerCallback
@@ -125,8 +125,11 @@ def build_tuner(kind: str, trials: int, epochs: int, root: str):
     storage = os.path.join(root, "ray")
     # The stock searchers get the sampler make_searcher gives ours, so only the wiring differs.
     sampler = optuna.samplers.TPESampler(seed=s["SEED"], constant_liar=True, multivariate=True)
-    if kind == "ours":  # as search.run._fit builds it, with the trivial trainable
-        uri, experiment_id, parent = _store(root)
+    if kind in ("ours", "ours_untracked"):  # as search.run._fit builds it, with the trivial trainable
+        callbacks = []
+        if kind == "ours":
+            uri, experiment_id, parent = _store(root)
+            callbacks = [MLflowTrials(uri, experiment_id, parent, s["MAX_EPOCHS"])]
         return tune.Tuner(
             tune.with_resources(trivial, {"cpu": s["CPUS_PER_TRIAL"]}),
             param_space=fixed,
@@ -138,10 +141,10 @@ def build_tuner(kind: str, trials: int, epochs: int, root: str):
                 trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name="ours",
+                name=kind,
                 storage_path=storage,
                 verbose=0,
-                callbacks=[MLflowTrials(uri, experiment_id, parent, s["MAX_EPOCHS"])],
+                callbacks=callbacks,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                 failure_config=tune.FailureConfig(max_failures=s["MAX_FAILURES"]),
             ),

@@ -376,6 +376,13 @@ def load_splits(
     for option, value in subsets.items():
         if value is not None and not _is_int(value, 1):
             raise DataError(f"{option}: must be a positive integer or None, got {value!r}")
+    return _split(name, data_dir, val_fraction, train_subset, val_subset, test_subset, seed, download)
+
+
+# A split copies the images it keeps: a worker running trial after trial reuses the one split of its
+# (dataset, options, seed) rather than building a new one per trial. Nothing writes to a Splits' tensors.
+@functools.lru_cache(maxsize=2)
+def _split(name, data_dir, val_fraction, train_subset, val_subset, test_subset, seed, download) -> Splits:
     train_x, train_y, test_x, test_y = load_arrays(name, data_dir, download)
     train_idx, val_idx = _split_indices(len(train_x), val_fraction, seed)
     train_idx = _first(train_idx, train_subset, "train_subset", "training images after the validation split")

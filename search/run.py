@@ -315,6 +315,10 @@ def search(
     mlflow.set_tracking_uri(client.tracking_uri)  # the winner's model is logged through MLflow's fluent API
     experiment_id = ensure_experiment(client, saved["experiment"] if resume else space.name)
 
+    if not address:  # the local Ray started here passes its environment on to its workers
+        # Tune runs each trial in a new thread, and glibc gives new threads new malloc arenas that keep what they
+        # freed: a worker would grow by tens of MB per trial (bench/memory.py).
+        os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=not quiet, include_dashboard=False)
     if threading.current_thread() is threading.main_thread():  # after ray.init: its handler exits at once
         signal.signal(signal.SIGTERM, _stop_like_ctrl_c)

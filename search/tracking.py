@@ -1,8 +1,9 @@
 """MLflow: one parent run per search, one nested child run per trial, metrics logged in batches.
 
-All tracking happens on the driver, in a Tune callback, so trials never talk to the tracking server and a slow
-or absent server never slows training down. MLflow's own client and standard tags do the work; the callback
-only decides when to call them.
+All tracking happens on the driver, in a Tune callback, so trials never talk to the tracking server. The
+callback only queues what to log; a background thread sends it, so a slow or absent server never holds up
+Tune's loop either. MLflow's own client and standard tags do the work; the callback only decides when to
+call them.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -119,9 +121,10 @@ STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILE
 class MLflowTrials(tune.Callback):
     """Creates a child run per trial under `parent_run_id`, buffers its metrics and flushes them in batches.
 
-    Metrics are sent at most every `flush_seconds` (and when a trial ends), one log_batch per run, so tracking
-    costs a few requests a minute, not one per metric. When the store is unreachable the buffer is kept and
-    retried at the next flush; `pending()` says what never made it.
+    Tune's callbacks only queue; a background thread flushes every `flush_seconds`, and soon after a trial
+    starts or ends, one log_batch per run, so tracking costs a few requests a minute, not one per metric, and
+    none of them on Tune's loop. When the store is unreachable the buffer is kept and retried at the next
+    flush; `pending()` says what never made it. The experiment's end stops the thread and flushes the rest.
 
     Args:
         tracking_uri: MLflow tracking URI (credentials come from the environment, never from here).
@@ -158,7 +161,11 @@ class MLflowTrials(tune.Callback):
         self._logged_epoch: dict[str, int] = {}  # trial_id -> last epoch sent or buffered
         # trial_id -> what the store has not taken yet, in order: ("start", config) | ("status", s) | Metric | RunTag
         self._buffer: dict[str, list] = {}
-        self._last_flush = 0.0
+        self._lock = threading.Lock()  # guards _buffer: Tune's thread queues while the flusher sends
+        self._sending = threading.Lock()  # one flush at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks into the experiment state; a client and buffers don't belong there.
@@ -181,14 +188,21 @@ class MLflowTrials(tune.Callback):
 
     def setup(self, **info) -> None:
         self.client  # noqa: B018 - find the runs of a resumed search before its trials report (checked reachable)
+        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-trials", daemon=True)
+        self._thread.start()
+
+    def _flush_loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.flush_seconds)
+            self._wake.clear()
+            self.flush()
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        if trial.trial_id in self._runs:  # a resumed trial continues its own run
-            self._queue(trial.trial_id, ("status", "RUNNING"))
-        else:
-            self._queue(trial.trial_id, ("start", dict(trial.config)))
+        # A resumed or retried trial continues its own run (made already, or on its way in the buffer).
+        known = trial.trial_id in self._logged_epoch
+        self._queue(trial.trial_id, ("status", "RUNNING") if known else ("start", dict(trial.config)))
         self._logged_epoch.setdefault(trial.trial_id, 0)
-        self.flush()
+        self._wake.set()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         now = int(time.time() * 1000)
@@ -197,11 +211,10 @@ class MLflowTrials(tune.Callback):
         self._add_epoch(trial.trial_id, result, now)
         tags = [RunTag("epoch", str(result.get("epoch", 0))), RunTag("node_id", str(result.get("node_id")))]
         self._queue(trial.trial_id, *tags)
-        if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
 
     def _queue(self, trial_id: str, *items) -> None:
-        self._buffer.setdefault(trial_id, []).extend(items)
+        with self._lock:
+            self._buffer.setdefault(trial_id, []).extend(items)
 
     def _add_epoch(self, trial_id: str, result: dict, timestamp: int) -> None:
         epoch = int(result.get("epoch", 0))
@@ -229,9 +242,13 @@ class MLflowTrials(tune.Callback):
         epoch = (trial.last_result or {}).get("epoch", 0)
         self._queue(trial.trial_id, RunTag("outcome", outcome), RunTag("epoch", str(epoch)), *extra)
         self._queue(trial.trial_id, ("status", STATUS[outcome]))
-        self.flush()
+        self._wake.set()
 
     def on_experiment_end(self, trials, **info) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
         self.reconcile(trials)
         self.flush()
         if self.pending():
@@ -278,14 +295,20 @@ class MLflowTrials(tune.Callback):
 
     def flush(self) -> None:
         """Sends what is buffered, run by run, in order; keeps whatever the store did not take."""
-        self._last_flush = time.monotonic()
-        for trial_id in list(self._buffer):
+        with self._sending:
+            with self._lock:
+                batch, self._buffer = self._buffer, {}
             try:
-                self._send(trial_id, self._buffer[trial_id])
+                for trial_id, items in batch.items():
+                    self._send(trial_id, items)
             except (MlflowException, OSError) as exc:
                 log.warning("MLflow: could not log trial %s (%s); will retry", trial_id, str(exc)[:200])
-                return  # the store is away: don't spend a round of retries on every other trial too
-            del self._buffer[trial_id]
+                # the store is away: don't spend a round of retries on every other trial too
+            finally:
+                with self._lock:  # what was not sent goes back ahead of what was queued meanwhile
+                    for trial_id, items in batch.items():
+                        if items:
+                            self._buffer[trial_id] = items + self._buffer.get(trial_id, [])
 
     def _send(self, trial_id: str, items: list) -> None:
         """Sends one trial's items; what succeeded leaves `items`, so a retry never sends it twice."""

@@ -145,6 +145,15 @@ def test_subsets_take_the_first_images_of_each_split(name, fake_data_dir):
     assert not torch.equal(other.val_y, full.val_y) or not torch.equal(other.val_x, full.val_x)
 
 
+def test_trials_in_one_worker_share_one_split(fake_data_dir):
+    # A worker runs trial after trial: the same options must not copy the dataset again.
+    first = load_splits("cifar10", str(fake_data_dir), train_subset=100, seed=5)
+    again = load_splits("cifar10", str(fake_data_dir), train_subset=100, seed=5)
+    assert again is first
+    other = load_splits("cifar10", str(fake_data_dir), train_subset=100, seed=6)
+    assert other is not first and not torch.equal(other.train_y, first.train_y)
+
+
 @pytest.mark.parametrize(("n", "expected"), [(50_000, (45_000, 5_000)), (60_000, (54_000, 6_000))])
 def test_default_fraction_gives_the_standard_split(n, expected):
     train_idx, val_idx = data._split_indices(n, 0.1, seed=0)
