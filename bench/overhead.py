@@ -8,6 +8,7 @@ measured in a fresh process that starts and stops its own Ray:
   `search.tracking.MLflowTrials` logging to a real local MLflow store (SQLite in a temporary folder), as
   `search.run` wires them; the trainable reports what `search.trainable` reports, with no checkpoint.
 - bare: Ray Tune with stock OptunaSearch, ASHA and actor reuse; no tracking. The floor.
+- ours_untracked: ours without `MLflowTrials`, to tell what tracking costs from what the rest of ours does.
 - defaults: Ray Tune's defaults (a new worker process per trial: `reuse_actors=False`) with Ray's own
   `MLflowLoggerCallback` to the same kind of store; `defaults_untracked` is the same without the callback.
 
@@ -229,6 +230,9 @@ def report(runs: dict[str, list[dict]]) -> dict:
     emit(line("overhead.ours_vs_bare", vs_bare, "x", ".2f", verdict(met["vs_bare"], f"<= {TARGET_VS_BARE}x")))
     per_result_vs_bare = [o / b for o, b in zip(per_result["ours"], per_result["bare"], strict=False)]
     emit(line("overhead.ours_vs_bare_per_result", per_result_vs_bare, "x", ".2f"))
+    if "ours_untracked" in seconds:
+        tracking = [o / u for o, u in zip(seconds["ours"], seconds["ours_untracked"], strict=False)]
+        emit(line("overhead.ours_vs_ours_untracked", tracking, "x", ".2f", "(what MLflowTrials adds)"))
     out = {"seconds": seconds, "per_result_ms": per_result, "ours_vs_bare": vs_bare, "runs": runs, "met": met}
     if "defaults" in seconds:
         speedup = [d / spread(seconds["ours"])[0] for d in seconds["defaults"]]
@@ -264,9 +268,15 @@ def main(argv: list[str] | None = None) -> dict:
     reps, slow = (1, 1) if args.quick else (args.reps, args.slow_reps)
     emit(
         f"# overhead: {trials} trials x {args.epochs} epochs, TPE + ASHA ({SPACE_FILE}), "
-        f"{reps} reps of ours/bare, {slow} of defaults, {max(1, slow - 1)} of defaults_untracked"
+        f"{reps} reps of ours/bare/ours_untracked, {slow} of defaults, {max(1, slow - 1)} of defaults_untracked"
     )
-    kinds = {"ours": reps, "bare": reps, "defaults": slow, "defaults_untracked": max(1, slow - 1)}
+    kinds = {
+        "ours": reps,
+        "bare": reps,
+        "ours_untracked": reps,
+        "defaults": slow,
+        "defaults_untracked": max(1, slow - 1),
+    }
     figures = report(measure(kinds, trials, args.epochs))
     save("overhead", {"trials": trials, "epochs": args.epochs, **figures})
     return figures
