@@ -159,6 +159,7 @@ class MLflowTrials(tune.Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_epoch: dict[str, int] = {}  # trial_id -> last epoch sent or buffered
+        self._ended: set[str] = set()  # trials whose end this process queued
         # trial_id -> what the store has not taken yet, in order: ("start", config) | ("status", s) | Metric | RunTag
         self._buffer: dict[str, list] = {}
         self._lock = threading.Lock()  # guards _buffer: Tune's thread queues while the flusher sends
@@ -202,6 +203,7 @@ class MLflowTrials(tune.Callback):
         known = trial.trial_id in self._logged_epoch
         self._queue(trial.trial_id, ("status", "RUNNING") if known else ("start", dict(trial.config)))
         self._logged_epoch.setdefault(trial.trial_id, 0)
+        self._ended.discard(trial.trial_id)
         self._wake.set()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -242,6 +244,7 @@ class MLflowTrials(tune.Callback):
         epoch = (trial.last_result or {}).get("epoch", 0)
         self._queue(trial.trial_id, RunTag("outcome", outcome), RunTag("epoch", str(epoch)), *extra)
         self._queue(trial.trial_id, ("status", STATUS[outcome]))
+        self._ended.add(trial.trial_id)
         self._wake.set()
 
     def on_experiment_end(self, trials, **info) -> None:
@@ -285,8 +288,8 @@ class MLflowTrials(tune.Callback):
             if (trial.last_result or {}).get("epoch", 0) > self._logged_epoch.get(tid, 0):
                 for line in _result_lines(trial):
                     self._add_epoch(tid, json.loads(line), int(time.time() * 1000))
-            if any(isinstance(i, tuple) and i[0] == "status" and i[1] != "RUNNING" for i in queued):
-                continue  # its end is already on its way
+            if tid in self._ended:
+                continue  # its end is logged or on its way
             if trial.status in ended:
                 if tid not in self._runs or self.client.get_run(self._runs[tid]).info.status == "RUNNING":
                     self._end(trial, ended[trial.status] or outcome_of(trial.last_result, self.max_epochs))
