@@ -23,7 +23,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from bench import throughput  # noqa: E402
 from bench.common import child_result, emit, line, out_dir, run_child, save, spread  # noqa: E402
@@ -32,37 +31,12 @@ PACKING = (1, 2, 4, 8)
 VGG16_BATCH = 256
 
 
-class Steps:
-    """Train steps of a model on one fixed batch, in one precision and memory format."""
-
-    def __init__(self, name: str, device: torch.device, bf16: bool, channels_last: bool, batch: int) -> None:
-        from models import build_model
-
-        self.device = device
-        self.model = build_model(name, num_classes=100).to(device).train()
-        self.x = torch.randn(batch, 3, 32, 32, device=device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-            self.x = self.x.contiguous(memory_format=torch.channels_last)
-        self.y = torch.randint(0, 100, (batch,), device=device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    def step(self) -> int:
-        with self.autocast:
-            loss = F.cross_entropy(self.model(self.x), self.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return len(self.y)
-
-
 def vgg16_precision(device: torch.device, steps: int, reps: int, batch: int) -> dict[str, list[float]]:
     variants = {
-        "fp32": Steps("vgg16_bn", device, bf16=False, channels_last=False, batch=batch),
-        "bf16_channels_last": Steps("vgg16_bn", device, bf16=True, channels_last=True, batch=batch),
+        "fp32": throughput.Limit(device, channels_last=False, model="vgg16_bn", batch=batch, num_classes=100),
+        "bf16_channels_last": throughput.Limit(
+            device, channels_last=True, bf16=True, model="vgg16_bn", batch=batch, num_classes=100
+        ),
     }
     for v in variants.values():
         for _ in range(3):  # cuDNN picks its algorithms on the first steps

@@ -134,10 +134,11 @@ class _Turns:
             yield batch
 
 
-def _vgg7(device: torch.device, channels_last: bool, num_classes: int = 10):
+def _model(device: torch.device, channels_last: bool, name: str = "vgg7", num_classes: int = 10):
+    """The model and the optimizer every pipeline trains: vgg7 at MODEL's widths, or another registry model."""
     from models import build_model
 
-    model = build_model("vgg7", num_classes=num_classes, **MODEL).to(device)
+    model = build_model(name, num_classes=num_classes, **(MODEL if name == "vgg7" else {})).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     c = TrainConfig()
@@ -148,13 +149,21 @@ def _vgg7(device: torch.device, channels_last: bool, num_classes: int = 10):
 class Limit:
     """Train steps on one fixed batch already in memory: the model's compute alone."""
 
-    def __init__(self, device: torch.device, channels_last: bool, bf16: bool = False) -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        channels_last: bool,
+        bf16: bool = False,
+        model: str = "vgg7",
+        batch: int = BATCH_SIZE,
+        num_classes: int = 10,
+    ) -> None:
         self.device = device
-        self.model, self.optimizer = _vgg7(device, channels_last)
-        self.x = torch.randn(BATCH_SIZE, 3, 32, 32, device=device)
+        self.model, self.optimizer = _model(device, channels_last, model, num_classes)
+        self.x = torch.randn(batch, 3, 32, 32, device=device)
         if channels_last:
             self.x = self.x.contiguous(memory_format=torch.channels_last)
-        self.y = torch.randint(0, 10, (BATCH_SIZE,), device=device)
+        self.y = torch.randint(0, num_classes, (batch,), device=device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def step(self) -> int:
@@ -164,7 +173,7 @@ class Limit:
         loss.backward()
         self.optimizer.step()
         _sync(self.device)
-        return BATCH_SIZE
+        return len(self.y)
 
 
 def tutorial_dataset(data_dir: str, images: int) -> Subset:
@@ -186,7 +195,7 @@ class Tutorial:
 
     def __init__(self, dataset: Subset, device: torch.device, workers: int = TUTORIAL_WORKERS) -> None:
         self.device = device
-        self.model, self.optimizer = _vgg7(device, channels_last=False)
+        self.model, self.optimizer = _model(device, channels_last=False)
         self.loader = DataLoader(dataset, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers, drop_last=True)
         self.batches = None
 
