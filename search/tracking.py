@@ -163,7 +163,6 @@ class MLflowTrials(tune.Callback):
         # trial_id -> what the store has not taken yet, in order: ("start", config) | ("status", s) | Metric | RunTag
         self._buffer: dict[str, list] = {}
         self._lock = threading.Lock()  # guards _buffer: Tune's thread queues while the flusher sends
-        self._sending = threading.Lock()  # one flush at a time
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -297,21 +296,23 @@ class MLflowTrials(tune.Callback):
                 self._queue(tid, RunTag("outcome", "interrupted"), ("status", "KILLED"))
 
     def flush(self) -> None:
-        """Sends what is buffered, run by run, in order; keeps whatever the store did not take."""
-        with self._sending:
-            with self._lock:
-                batch, self._buffer = self._buffer, {}
-            try:
+        """Sends what is buffered, run by run, in order; keeps whatever the store did not take.
+
+        Only one thread flushes at a time: the flusher, or the experiment's end once the flusher has stopped.
+        """
+        with self._lock:
+            batch, self._buffer = self._buffer, {}
+        try:
+            for trial_id, items in batch.items():
+                self._send(trial_id, items)
+        except (MlflowException, OSError) as exc:
+            log.warning("MLflow: could not log trial %s (%s); will retry", trial_id, str(exc)[:200])
+            # the store is away: don't spend a round of retries on every other trial too
+        finally:
+            with self._lock:  # what was not sent goes back ahead of what was queued meanwhile
                 for trial_id, items in batch.items():
-                    self._send(trial_id, items)
-            except (MlflowException, OSError) as exc:
-                log.warning("MLflow: could not log trial %s (%s); will retry", trial_id, str(exc)[:200])
-                # the store is away: don't spend a round of retries on every other trial too
-            finally:
-                with self._lock:  # what was not sent goes back ahead of what was queued meanwhile
-                    for trial_id, items in batch.items():
-                        if items:
-                            self._buffer[trial_id] = items + self._buffer.get(trial_id, [])
+                    if items:
+                        self._buffer[trial_id] = items + self._buffer.get(trial_id, [])
 
     def _send(self, trial_id: str, items: list) -> None:
         """Sends one trial's items; what succeeded leaves `items`, so a retry never sends it twice."""
