@@ -4,7 +4,7 @@ PY    := $(VENV)/bin/python
 SPACE ?= spaces/vgg_cifar100.py
 ARGS  ?=
 
-.PHONY: setup search test lint format bench clean
+.PHONY: setup search test test-fast lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,7 +20,11 @@ search: setup
 	$(PY) -m search.run $(SPACE) $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q --durations=20 tests $(ARGS)
+
+# The developer's loop: every test but the end-to-end searches and clusters (marked slow).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

@@ -71,3 +71,13 @@ def run_child(module: str, args: Sequence[str], timeout: float) -> dict:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
         raise RuntimeError(f"python -m {module} {' '.join(args)} failed (exit {proc.returncode}):\n{tail}")
     return json.loads(lines[-1].removeprefix(RESULT_MARK))
+
+
+def run_seeds(module: str, kinds: Sequence[str], seeds: Sequence[int], quick: bool) -> dict[str, list[dict]]:
+    """Each kind of search once per seed, each in a fresh process: `python -m module --one KIND --seed SEED`."""
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for seed in seeds:
+        for kind in kinds:
+            args = ["--one", kind, "--seed", str(seed), *(["--quick"] if quick else [])]
+            runs[kind].append(run_child(module, args, 3600))
+    return runs

@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import child_result, emit, line, out_dir, run_child, save, spread, verdict
+from bench.common import child_result, emit, line, out_dir, run_seeds, save, spread, verdict
 
 SPACE_FILE = str(Path(__file__).parent / "spaces" / "fashion_bench.py")
 QUICK = {"NUM_SAMPLES": 4, "MAX_EPOCHS": 3, "TRAIN_SUBSET": 1000, "val_subset": 500}
@@ -81,11 +81,11 @@ def run_random(seed: int, sets: dict) -> dict:
     start = time.perf_counter()
     ray.init(include_dashboard=False, log_to_driver=False)
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": s["CPUS_PER_TRIAL"]}),
+        tune.with_resources(trainable, {"cpu": s.CPUS_PER_TRIAL}),
         param_space={**space.params, **space.base_config(data_dir())},  # the SPACE samplers, sampled at random
         tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=s["MAX_CONCURRENT"]),
-            num_samples=s["NUM_SAMPLES"],
+            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=s.MAX_CONCURRENT),
+            num_samples=s.NUM_SAMPLES,
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
@@ -98,14 +98,14 @@ def run_random(seed: int, sets: dict) -> dict:
     results = tuner.fit()
     ray.shutdown()
     done = [r for r in results if r.error is None and r.metrics and r.checkpoint]
-    best = max(done, key=lambda r: r.metrics[s["METRIC"]])
+    best = max(done, key=lambda r: r.metrics[s.METRIC])
     model, config = model_from_checkpoint(Path(best.checkpoint.path) / CHECKPOINT_FILE)
     test = evaluate_test(model, config, load_data(config))
     return {
-        "best_val": best.metrics[s["METRIC"]],
+        "best_val": best.metrics[s.METRIC],
         "test_acc": test["test_acc"],
         "epochs": sum(r.metrics.get("epoch", 0) for r in results if r.metrics),
-        "epochs_if_all_full": len(results) * s["MAX_EPOCHS"],
+        "epochs_if_all_full": len(results) * s.MAX_EPOCHS,
         "trials": len(results),
         "errors": sum(r.error is not None for r in results),
         "seconds": time.perf_counter() - start,
@@ -162,12 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir()  # copy the data once, before two processes race for it
     seeds = [int(s) for s in args.seeds.split(",")]
     emit(f"# efficiency: {SPACE_FILE}{' (quick: ' + str(QUICK) + ')' if args.quick else ''}, seeds {seeds}")
-    runs: dict[str, list[dict]] = {"ours": [], "random": []}
-    for seed in seeds:
-        for kind in runs:
-            extra = ["--quick"] if args.quick else []
-            runs[kind].append(run_child("bench.efficiency", ["--one", kind, "--seed", str(seed), *extra], 3600))
-    figures = report(runs)
+    figures = report(run_seeds("bench.efficiency", ("ours", "random"), seeds, args.quick))
     save("efficiency", {"space": SPACE_FILE, "quick": args.quick, "seeds": seeds, **figures})
     return figures
 

@@ -1,7 +1,7 @@
 """Pruned-trial feedback: our OptunaASHA against stock OptunaSearch, both under ASHA, over several seeds.
 
 Stock OptunaSearch tells Optuna that a trial ASHA stopped is COMPLETE, with the score of the epoch it was
-stopped at; `search.run.OptunaASHA` tells it PRUNED, so TPE ranks it below every trial that ran in full.
+stopped at; `search.searcher.OptunaASHA` tells it PRUNED, so TPE ranks it below every trial that ran in full.
 The difference shows where early scores mislead, so this runs a cheap proxy: a trainable that trains
 nothing and reports a made-up learning curve per config, through the real Ray Tune, ASHA and Optuna
 searchers, two trials at a time. Two families of curves, each over the same seeds:
@@ -31,7 +31,6 @@ import statistics
 import sys
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 
 from bench.common import child_result, emit, line, out_dir, run_child, save  # noqa: E402
 
@@ -80,7 +79,7 @@ def run(kind: str, curves: str, seed: int, trials: int) -> dict:
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.run import STUDY_NAME, OptunaASHA
+    from search.searcher import STUDY_NAME, OptunaASHA
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)  # as make_searcher

@@ -20,7 +20,6 @@ import sys
 import time
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 
 import torch  # noqa: E402
 
@@ -52,7 +51,8 @@ def vgg16_precision(device: torch.device, steps: int, reps: int, batch: int) -> 
 
 
 def fake_cifar100(quick: bool) -> str:
-    from search.data import DATASETS, write_fake
+    from search.data import DATASETS
+    from search.fake_data import write_fake
 
     train, test = (5_000, 1_000) if quick else (50_000, 10_000)
     root = out_dir("data", f"cifar100-{train}")

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 
 from bench.common import child_result, emit, out_dir, run_child, save, verdict  # noqa: E402
 
@@ -66,7 +65,8 @@ def measured(config: dict) -> None:
 
 def fake_data(quick: bool) -> tuple[str, int]:
     """The data dir, and the bytes of its images once loaded (uint8, train + test)."""
-    from search.data import DATASETS, write_fake
+    from search.data import DATASETS
+    from search.fake_data import write_fake
 
     train, test = (QUICK_TRAIN, QUICK_TEST) if quick else (TRAIN, TEST)
     root = out_dir("data", f"cifar100-{train}")

@@ -4,11 +4,11 @@ What is left when training costs nothing is what the search machinery costs. Thr
 Optuna's TPE and ASHA (bench/spaces/overhead.py: grace 1, reduction factor 3, two trials at a time), each
 measured in a fresh process that starts and stops its own Ray:
 
-- ours: `search.run.make_searcher` (OptunaASHA behind a ConcurrencyLimiter), ASHA, actor reuse, and
-  `search.tracking.MLflowTrials` logging to a real local MLflow store (SQLite in a temporary folder), as
+- ours: `search.tuner.build_tuner` (OptunaASHA behind a ConcurrencyLimiter, ASHA, actor reuse) and
+  `search.tracking.LiveTracking` logging to a real local MLflow store (SQLite in a temporary folder), as
   `search.run` wires them; the trainable reports what `search.trainable` reports, with no checkpoint.
 - bare: Ray Tune with stock OptunaSearch, ASHA and actor reuse; no tracking. The floor.
-- ours_untracked: ours without `MLflowTrials`, to tell what tracking costs from what the rest of ours does.
+- ours_untracked: ours without `LiveTracking`, to tell what tracking costs from what the rest of ours does.
 - defaults: Ray Tune's defaults (a new worker process per trial: `reuse_actors=False`) with Ray's own
   `MLflowLoggerCallback` to the same kind of store; `defaults_untracked` is the same without the callback.
 
@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # as search.run sets them, for every stack alike
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
 
 from bench.common import child_result, emit, line, run_child, save, spread, verdict  # noqa: E402
 
@@ -86,11 +85,11 @@ def _asha(s: dict):
 
     return ASHAScheduler(
         time_attr="epoch",
-        metric=s["METRIC"],
-        mode=s["MODE"],
-        max_t=s["MAX_EPOCHS"],
-        grace_period=s["GRACE_PERIOD"],
-        reduction_factor=s["REDUCTION_FACTOR"],
+        metric=s.METRIC,
+        mode=s.MODE,
+        max_t=s.MAX_EPOCHS,
+        grace_period=s.GRACE_PERIOD,
+        reduction_factor=s.REDUCTION_FACTOR,
     )
 
 
@@ -114,9 +113,9 @@ def build_tuner(kind: str, trials: int, epochs: int, root: str):
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.run import _trial_dirname, make_searcher
     from search.space import load_space
-    from search.tracking import MLflowTrials
+    from search.tracking import LiveTracking
+    from search.tuner import build_tuner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(SPACE_FILE, {"NUM_SAMPLES": trials, "MAX_EPOCHS": epochs})
@@ -125,40 +124,25 @@ def build_tuner(kind: str, trials: int, epochs: int, root: str):
     param_space = {**space.params, **fixed}
     storage = os.path.join(root, "ray")
     # The stock searchers get the sampler make_searcher gives ours, so only the wiring differs.
-    sampler = optuna.samplers.TPESampler(seed=s["SEED"], constant_liar=True, multivariate=True)
-    if kind in ("ours", "ours_untracked"):  # as search.run._fit builds it, with the trivial trainable
+    sampler = optuna.samplers.TPESampler(seed=s.SEED, constant_liar=True, multivariate=True)
+    if kind in ("ours", "ours_untracked"):  # the product's own build_tuner, with the trivial trainable
         callbacks = []
         if kind == "ours":
             uri, experiment_id, parent = _store(root)
-            callbacks = [MLflowTrials(uri, experiment_id, parent, s["MAX_EPOCHS"])]
-        return tune.Tuner(
-            tune.with_resources(trivial, {"cpu": s["CPUS_PER_TRIAL"]}),
-            param_space=fixed,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(space, s["MAX_CONCURRENT"]),
-                scheduler=_asha(s),
-                num_samples=s["NUM_SAMPLES"],
-                reuse_actors=True,
-                trial_dirname_creator=_trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=kind,
-                storage_path=storage,
-                verbose=0,
-                callbacks=callbacks,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                failure_config=tune.FailureConfig(max_failures=s["MAX_FAILURES"]),
-            ),
-        )
+            callbacks = [LiveTracking(uri, experiment_id, parent, s.MAX_EPOCHS)]
+        return build_tuner(
+            space, trivial, path=os.path.join(storage, kind), param_space=fixed, max_concurrent=s.MAX_CONCURRENT,
+            callbacks=callbacks,
+        )  # fmt: skip
     if kind == "bare":
-        searcher = OptunaSearch(metric=s["METRIC"], mode=s["MODE"], sampler=sampler)
+        searcher = OptunaSearch(metric=s.METRIC, mode=s.MODE, sampler=sampler)
         return tune.Tuner(
-            tune.with_resources(trivial, {"cpu": s["CPUS_PER_TRIAL"]}),
+            tune.with_resources(trivial, {"cpu": s.CPUS_PER_TRIAL}),
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=s["MAX_CONCURRENT"]),
+                search_alg=ConcurrencyLimiter(searcher, max_concurrent=s.MAX_CONCURRENT),
                 scheduler=_asha(s),
-                num_samples=s["NUM_SAMPLES"],
+                num_samples=s.NUM_SAMPLES,
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(name="bare", storage_path=storage, verbose=0),
@@ -171,9 +155,9 @@ def build_tuner(kind: str, trials: int, epochs: int, root: str):
         trivial,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=OptunaSearch(metric=s["METRIC"], mode=s["MODE"], sampler=sampler),
+            search_alg=OptunaSearch(metric=s.METRIC, mode=s.MODE, sampler=sampler),
             scheduler=_asha(s),
-            num_samples=s["NUM_SAMPLES"],
+            num_samples=s.NUM_SAMPLES,
         ),
         run_config=tune.RunConfig(name=kind, storage_path=storage, callbacks=callbacks),
     )
@@ -232,7 +216,7 @@ def report(runs: dict[str, list[dict]]) -> dict:
     emit(line("overhead.ours_vs_bare_per_result", per_result_vs_bare, "x", ".2f"))
     if "ours_untracked" in seconds:
         tracking = [o / u for o, u in zip(seconds["ours"], seconds["ours_untracked"], strict=False)]
-        emit(line("overhead.ours_vs_ours_untracked", tracking, "x", ".2f", "(what MLflowTrials adds)"))
+        emit(line("overhead.ours_vs_ours_untracked", tracking, "x", ".2f", "(what LiveTracking adds)"))
     out = {"seconds": seconds, "per_result_ms": per_result, "ours_vs_bare": vs_bare, "runs": runs, "met": met}
     if "defaults" in seconds:
         speedup = [d / spread(seconds["ours"])[0] for d in seconds["defaults"]]
@@ -266,17 +250,19 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(0)
     trials = 8 if args.quick else args.trials
     reps, slow = (1, 1) if args.quick else (args.reps, args.slow_reps)
+    slow_untracked = max(1, slow - 1) if slow else 0  # --slow-reps 0 leaves both defaults stacks out
     emit(
         f"# overhead: {trials} trials x {args.epochs} epochs, TPE + ASHA ({SPACE_FILE}), "
-        f"{reps} reps of ours/bare/ours_untracked, {slow} of defaults, {max(1, slow - 1)} of defaults_untracked"
+        f"{reps} reps of ours/bare/ours_untracked, {slow} of defaults, {slow_untracked} of defaults_untracked"
     )
     kinds = {
         "ours": reps,
         "bare": reps,
         "ours_untracked": reps,
         "defaults": slow,
-        "defaults_untracked": max(1, slow - 1),
+        "defaults_untracked": slow_untracked,
     }
+    kinds = {kind: n for kind, n in kinds.items() if n}
     figures = report(measure(kinds, trials, args.epochs))
     save("overhead", {"trials": trials, "epochs": args.epochs, **figures})
     return figures

@@ -35,7 +35,9 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
 from bench.common import emit, line, out_dir, save, spread, verdict
-from search.data import DATASETS, Batches, write_fake
+from search.batches import Batches
+from search.data import DATASETS
+from search.fake_data import write_fake
 from search.train import (
     TrainConfig,
     _autocast,

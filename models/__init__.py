@@ -8,15 +8,15 @@ MNIST-like data); ``default_options(name)`` lists the rest.
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Callable
 
 from torch import nn
 
 from models import vgg
 from models.lenet import lenet5
+from models.options import Option, check_options
 from models.resnet import resnet18
-from models.vgg import Option, PoolingCollapse, feature_size
+from models.vgg import PoolingCollapse, feature_size
 
 __all__ = ["MODELS", "Option", "PoolingCollapse", "build_model", "default_options", "feature_size", "list_models"]
 
@@ -57,17 +57,6 @@ def default_options(name: str) -> dict[str, Option]:
     return {p.name: p.default for p in inspect.signature(MODELS[name]).parameters.values()}
 
 
-def _same_kind(value: object, default: Option) -> bool:
-    # bool is an int subclass: True must not pass as a width, nor 1 as a flag. An int may stand for a float.
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(default, bool) and isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, numbers.Real)
-    if isinstance(default, int):
-        return isinstance(value, numbers.Integral)
-    return isinstance(value, type(default))
-
-
 def build_model(name: str, **options: Option) -> nn.Module:
     """Builds a registered model.
 
@@ -81,14 +70,5 @@ def build_model(name: str, **options: Option) -> nn.Module:
         ValueError: On an unknown model or option, a value of the wrong type or out of range, or (VGG) a
             pooling configuration that shrinks the feature map below 1x1.
     """
-    defaults = default_options(name)
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"unknown option {', '.join(map(repr, unknown))} for model {name!r}; valid options: {', '.join(defaults)}"
-        )
-    for key, value in options.items():
-        if not _same_kind(value, defaults[key]):
-            kind = type(defaults[key]).__name__
-            raise ValueError(f"{name}: option {key} must be {kind}, got {value!r}")
+    check_options(name, options, default_options(name))
     return MODELS[name](**options)

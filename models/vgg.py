@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-Option = str | int | float | bool
+from models.options import Option, check_options
 
 INITS = ("kaiming", "xavier")
 
@@ -97,11 +97,7 @@ def _resolve(arch: str, options: dict[str, Option]) -> tuple[dict[str, Option], 
     Cheap: allocates no tensors, so every error surfaces before the first weight does.
     """
     opts = default_options(arch)
-    unknown = sorted(set(options) - set(opts))
-    if unknown:
-        raise ValueError(
-            f"unknown option {', '.join(map(repr, unknown))} for model '{arch}'; valid options: {', '.join(opts)}"
-        )
+    check_options(arch, options, opts)
     opts.update(options)
     if opts["init"] not in INITS:
         raise ValueError(f"{arch}: unknown init {opts['init']!r}; choose from: {', '.join(INITS)}")

@@ -1,14 +1,42 @@
-"""What every command line here shares: `--set key=value` parsing and one-line errors with exit code 2."""
+"""What every command line here shares: a parser whose mistakes are one line, `--set key=value` parsing, and
+`run_main`, which shows the project's own errors as one line with exit code 2 and lets every other error (a bug)
+keep its traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
 import ast
 import sys
 from collections.abc import Callable
 
+from search.errors import SearchFailed, UsageError
 
-class UsageError(Exception):
-    """A mistake in what the user asked for; the message is one line and names the culprit."""
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is a UsageError (one line, exit 2), not a multi-line usage block."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum, named with the bad value when it is not."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got '{text}'")
+        return value
+
+    return parse
 
 
 def parse_value(text: str) -> object:
@@ -39,27 +67,20 @@ def parse_sets(items: list[str] | None) -> dict[str, object]:
     return out
 
 
-def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Runs a CLI entry point: known mistakes become one line on stderr and exit code 2.
+def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    """Runs a CLI entry point and exits: 0, or main's code; 2 for a UsageError, 1 for a search that failed.
 
-    The full traceback is shown only with `--debug`, for bug reports.
+    Only the project's own errors are shown as one line (`--debug` shows their traceback too); anything else is a
+    bug and propagates with its traceback.
     """
     argv = sys.argv[1:] if argv is None else argv
-    from search.data import DataError  # the data module is the one place that defines it
-    from search.train import CheckpointError
-
     try:
         code = main(argv)
-    except (UsageError, ValueError, DataError, CheckpointError, FileNotFoundError) as exc:
+    except UsageError as exc:
         if "--debug" in argv:
             raise
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as exc:
-        if "--debug" in argv or type(exc).__name__ != "SearchFailed":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(1 if isinstance(exc, SearchFailed) else 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

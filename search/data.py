@@ -1,38 +1,31 @@
-"""Datasets as uint8 tensors, the train/val/test split, and a batch loader that lives on the model's device.
+"""Datasets as uint8 tensors and their seeded train/val/test split.
 
-Following airbench's CifarLoader: a dataset is read once per process through torchvision's own dataset
-classes, kept as uint8, moved once to the device, and every batch is normalized and augmented there with
-tensor ops. No DataLoader workers: with many short trials their start-up and the per-step host-to-device
-copies cost more than the training of a small image model.
+A dataset is read once per process through torchvision's own dataset classes (every CIFAR pickle first passes a
+restricted unpickler: a data file is data, never code) and kept as uint8; `search.batches` moves it to the device.
 
-    python -m search.data fake --dataset cifar100 --out ./data --train 5000 --test 1000
     python -m search.data check --dataset cifar100 --data-dir ./data
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import hashlib
-import io
-import numbers
 import os
 import pickle
 import shutil
 import socket
-import struct
-import zlib
-from collections.abc import Iterator
+import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from filelock import FileLock
 from torch import Tensor
 from torchvision import datasets as tv
 from torchvision.datasets.mnist import read_image_file, read_label_file
+
+from search import cli, safe_pickle
+from search.errors import DataError, one_line
 
 DEFAULT_DATA_DIR: str = os.environ.get("SEARCH_DATA_DIR", "./data")
 
@@ -43,13 +36,6 @@ DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Seconds a download may wait on one socket operation (not the whole file): a machine without internet fails
 # within this instead of hanging a trial, while a slow but live link still finishes.
 DOWNLOAD_TIMEOUT_S = 30.0
-
-# Zero padding before the random crop, in pixels: torchvision's RandomCrop(32, padding=4), the CIFAR standard.
-CROP_PADDING = 4
-
-
-class DataError(Exception):
-    """A dataset missing, corrupt or asked for wrongly; the message is one line and says what to do."""
 
 
 class _CIFAR10(tv.CIFAR10):
@@ -117,7 +103,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def _info(name: str) -> DatasetInfo:
+def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise DataError(f"dataset: unknown '{name}'; choose from: {', '.join(DATASETS)}")
     return DATASETS[name]
@@ -141,7 +127,7 @@ def load_arrays(name: str, data_dir: str | None = None, download: bool = True) -
     Raises:
         DataError: unknown name, files missing and not downloadable, corrupt files, data_dir not a folder.
     """
-    info = _info(name)
+    info = dataset_info(name)
     root = os.path.abspath(os.path.expanduser(data_dir or DEFAULT_DATA_DIR))
     return _load_cached(info.name, root, download)
 
@@ -236,7 +222,7 @@ def _missing_message(info: DatasetInfo, root: str, reason: str) -> str:
     return (
         f"{info.name}: {', '.join(_missing(info, root))} not found in {folder} ({reason}); "
         f"put {', '.join(info.files)} there ({source}){debian}, or for an offline smoke run write fake data: "
-        f"python -m search.data fake --dataset {info.name} --out {root} --train 5000 --test 1000"
+        f"python -m search.fake_data --dataset {info.name} --out {root} --train 5000 --test 1000"
     )
 
 
@@ -255,6 +241,9 @@ _READ_ERRORS = (
 
 def _read(info: DatasetInfo, root: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     try:
+        if info.is_cifar:  # torchvision unpickles with the full pickle module: vet every file first
+            for name in info.files:
+                safe_pickle.check(os.path.join(root, info.folder, name))
         train = info.torchvision_class(root, train=True)
         test = info.torchvision_class(root, train=False)
     except _READ_ERRORS as exc:
@@ -289,7 +278,7 @@ def _corrupt_error(info: DatasetInfo, root: str, exc: Exception) -> DataError:
         except Exception as file_exc:  # diagnosis only: whatever fails to read names the culprit
             return DataError(
                 f"{path}: truncated or corrupt ({_one_line(file_exc)}); delete it and load again to "
-                f"re-fetch it, or replace it (fake data: python -m search.data fake --dataset {info.name} "
+                f"re-fetch it, or replace it (fake data: python -m search.fake_data --dataset {info.name} "
                 f"--out {root} ...)"
             )
     return DataError(f"{folder}: cannot read {info.name} ({_one_line(exc)}); replace the files")
@@ -300,8 +289,7 @@ def _check_file(info: DatasetInfo, path: str) -> None:
     if not info.is_cifar:
         (read_image_file if "images" in os.path.basename(path) else read_label_file)(path)
         return
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    entry = safe_pickle.load(path)
     meta = info.torchvision_class.meta
     if os.path.basename(path) == meta["filename"]:
         if meta["key"] not in entry:
@@ -313,9 +301,7 @@ def _check_file(info: DatasetInfo, path: str) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    # The last line: torchvision's multi-line download errors end with the cause.
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {one_line(exc)}"  # torchvision's multi-line errors end with the cause
 
 
 @dataclass
@@ -367,15 +353,11 @@ def load_splits(
     Returns:
         Splits, with mean and std computed from the training split alone.
 
+    The options' ranges are TrainConfig's to check (`TrainConfig.validate`); here only what depends on the data.
+
     Raises:
-        DataError: a bad option (named with its value), or anything `load_arrays` raises.
+        DataError: a split left empty or a subset larger than its split, or anything `load_arrays` raises.
     """
-    if not _is_real(val_fraction) or not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction: must be between 0 and 1 (exclusive), got {val_fraction!r}")
-    subsets = {"train_subset": train_subset, "val_subset": val_subset, "test_subset": test_subset}
-    for option, value in subsets.items():
-        if value is not None and not _is_int(value, 1):
-            raise DataError(f"{option}: must be a positive integer or None, got {value!r}")
     return _split(name, data_dir, val_fraction, train_subset, val_subset, test_subset, seed, download)
 
 
@@ -401,15 +383,6 @@ def _split(name, data_dir, val_fraction, train_subset, val_subset, test_subset, 
         std=std,
         info=DATASETS[name],
     )
-
-
-# numbers.* rather than int/float: values from samplers and configs may be numpy scalars. bool is excluded.
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _is_int(value: object, minimum: int) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= minimum
 
 
 def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -443,260 +416,6 @@ def _channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(means).float(), torch.stack(stds).float()
 
 
-class Batches:
-    """Normalized, optionally augmented batches, made on the device from uint8 images kept there.
-
-    The augmentation is torchvision's RandomCrop(size, padding=4) then RandomHorizontalFlip(), done for the
-    whole batch at once. Shuffle order and augmentation depend only on (seed, epoch), and their random numbers
-    are drawn on the CPU, so a resumed run, on any device, sees exactly the same batches.
-
-    Each pass uses the current epoch and then advances it by one; `set_epoch` picks the next pass's epoch.
-
-    Args:
-        x: images, uint8 [N, C, H, W]; moved to `device` once, here.
-        y: labels [N].
-        batch_size: images per batch.
-        mean: per-channel mean in 0..1 scale [C].
-        std: per-channel std in 0..1 scale [C].
-        device: where batches are made and returned.
-        shuffle: a new random order every epoch.
-        augment: random crop with zero padding and random horizontal flip.
-        drop_last: leave out the last batch when it is smaller than batch_size.
-        seed: seeds the order and augmentation, together with the epoch.
-        channels_last: return images in channels_last memory format.
-    """
-
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        *,
-        batch_size: int,
-        mean: Tensor,
-        std: Tensor,
-        device: str | torch.device = "cpu",
-        shuffle: bool = False,
-        augment: bool = False,
-        drop_last: bool = False,
-        seed: int = 0,
-        channels_last: bool = False,
-    ) -> None:
-        if x.dtype != torch.uint8 or x.ndim != 4:
-            raise DataError(f"Batches: x must be uint8 [N, C, H, W], got {x.dtype} {list(x.shape)}")
-        if y.shape != (len(x),):
-            raise DataError(f"Batches: y must have one label per image ({len(x)}), got shape {list(y.shape)}")
-        if batch_size < 1:
-            raise DataError(f"batch_size: must be >= 1, got {batch_size}")
-        if seed < 0:
-            raise DataError(f"seed: must be >= 0, got {seed}")
-        channels = x.shape[1]
-        mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
-        std = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
-        if mean.shape != (channels,) or std.shape != (channels,) or not bool((std > 0).all()):
-            raise DataError(f"Batches: mean and std must be [{channels}] with std > 0, got {mean} and {std}")
-        self.device = torch.device(device)
-        self.x = x.to(self.device)
-        self.y = y.to(self.device, torch.int64)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.augment = augment
-        self.drop_last = drop_last
-        self.seed = seed
-        self.channels_last = channels_last
-        self.epoch = 0
-        # (x / 255 - mean) / std == x * scale + shift: one fused multiply-add per batch.
-        self._scale = (1 / (255 * std)).float().view(1, -1, 1, 1).to(self.device)
-        self._shift = (-mean / std).float().view(1, -1, 1, 1).to(self.device)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Sets the epoch of the next pass, which fixes its order and augmentation."""
-        if epoch < 0:
-            raise DataError(f"epoch: must be >= 0, got {epoch}")
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yields (x float32 [B, C, H, W] normalized, y int64 [B]), both on the device."""
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        n, bs = len(self.x), self.batch_size
-        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-        order = torch.randperm(n, generator=gen).to(self.device) if self.shuffle else None
-        if self.augment:
-            offsets = torch.randint(0, 2 * CROP_PADDING + 1, (n, 2), generator=gen).to(self.device)
-            flips = (torch.rand(n, generator=gen) < 0.5).to(self.device)
-        for start in range(0, len(self) * bs, bs):
-            stop = min(start + bs, n)
-            idx = order[start:stop] if order is not None else slice(start, stop)
-            x = self.x[idx]
-            if self.augment:
-                # On uint8, before normalizing: the padding is black pixels, exactly as in torchvision.
-                x = _crop_flip(x, offsets[start:stop], flips[start:stop], CROP_PADDING)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)  # the float ops below keep the layout
-            yield torch.addcmul(self._shift, x.float(), self._scale), self.y[idx]
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    # SeedSequence mixes the pair, so neighbouring (seed, epoch) pairs give unrelated streams.
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0])
-
-
-def _crop_flip(x: Tensor, offsets: Tensor, flips: Tensor, padding: int) -> Tensor:
-    """Random crops of the zero-padded images at per-image (dy, dx) offsets, mirrored where `flips` is set."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))
-    rows = offsets[:, :1] + torch.arange(h, device=x.device)  # [B, H] rows of the padded image
-    cols = offsets[:, 1:] + torch.arange(w, device=x.device)  # [B, W]
-    cols = torch.where(flips[:, None], cols.flip(1), cols)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    channel = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-# Per-pixel gaussian noise of fake images, in 0..255 units: small against the spread of the class patterns
-# (about 70), so a linear model nearly separates the classes, yet no two images are equal.
-FAKE_NOISE = 40.0
-
-
-def write_fake(name: str, out: str, train: int, test: int, seed: int = 0) -> None:
-    """Writes a small learnable dataset in the real on-disk format, for offline smoke runs and tests.
-
-    Each class is a fixed random low-frequency pattern (left-right symmetric, so flips keep the class) plus
-    gaussian noise; labels are balanced and shuffled. The files are the ones torchvision reads: the CIFAR
-    pickles (with Python 2 string keys, as in the originals) or the uncompressed MNIST idx files.
-
-    Args:
-        name: a key of DATASETS.
-        out: the data dir to write into (created if missing).
-        train: number of training images.
-        test: number of test images.
-        seed: seeds the patterns, noise and labels.
-
-    Raises:
-        DataError: unknown name or a count below 1.
-    """
-    info = _info(name)
-    for option, value in (("train", train), ("test", test)):
-        if not _is_int(value, 1):
-            raise DataError(f"{option}: must be a positive integer, got {value!r}")
-    if not _is_int(seed, 0):
-        raise DataError(f"seed: must be an integer >= 0, got {seed!r}")
-    # The name joins the seed so that fake MNIST and fake Fashion-MNIST differ, as the real ones do.
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    half = rng.uniform(0, 255, (info.num_classes, info.channels, 4, 2))
-    grid = torch.from_numpy(np.concatenate([half, half[..., ::-1]], axis=-1))
-    patterns = F.interpolate(grid, size=(info.size, info.size), mode="bilinear", align_corners=False).numpy()
-    train_x, train_y = _fake_images(patterns, train, rng)
-    test_x, test_y = _fake_images(patterns, test, rng)
-    folder = os.path.join(out, info.folder)
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"{folder}: cannot create it ({exc.strerror}); pass --out a writable folder") from None
-    if info.is_cifar:
-        _write_cifar(info, folder, train_x, train_y, test_x, test_y)
-    else:
-        train_images, train_labels, test_images, test_labels = info.files
-        _atomic_write(os.path.join(folder, train_images), _idx_bytes(train_x[:, 0]))
-        _atomic_write(os.path.join(folder, train_labels), _idx_bytes(train_y))
-        _atomic_write(os.path.join(folder, test_images), _idx_bytes(test_x[:, 0]))
-        _atomic_write(os.path.join(folder, test_labels), _idx_bytes(test_y))
-    # The files under `out` changed: a cached copy read before would now be stale.
-    _load_cached.cache_clear()
-
-
-def _fake_images(patterns: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    labels = rng.permutation(np.arange(count) % len(patterns)).astype(np.uint8)
-    images = np.empty((count, *patterns.shape[1:]), dtype=np.uint8)
-    for start in range(0, count, 4096):  # in chunks: 50,000 float CIFAR images would take 600 MB at once
-        y = labels[start : start + 4096]
-        noisy = patterns[y] + rng.normal(0, FAKE_NOISE, (len(y), *patterns.shape[1:]))
-        images[start : start + 4096] = np.clip(np.rint(noisy), 0, 255)
-    return images, labels
-
-
-def _write_cifar(info: DatasetInfo, folder: str, train_x, train_y, test_x, test_y) -> None:
-    cls = info.torchvision_class
-    names = [f"fake_class_{i}" for i in range(info.num_classes)]
-    if info.name == "cifar10":
-        chunks = np.array_split(np.arange(len(train_x)), len(cls.train_list))
-        for i, ((file, _), idx) in enumerate(zip(cls.train_list, chunks, strict=True)):
-            batch = _cifar_batch(train_x[idx], train_y[idx], f"training batch {i + 1} of {len(chunks)}", "labels")
-            _write_pickle(os.path.join(folder, file), batch)
-        test_file = cls.test_list[0][0]
-        _write_pickle(os.path.join(folder, test_file), _cifar_batch(test_x, test_y, "testing batch 1 of 1", "labels"))
-        meta = {"num_cases_per_batch": len(chunks[0]), "label_names": names, "num_vis": 3 * 32 * 32}
-    else:
-        for file, x, y, label in (
-            ("train", train_x, train_y, "training"),
-            ("test", test_x, test_y, "testing"),
-        ):
-            batch = _cifar_batch(x, y, f"{label} batch 1 of 1", "fine_labels")
-            batch["coarse_labels"] = [int(v) // 5 for v in y]  # CIFAR-100 has 20 superclasses of 5 classes
-            _write_pickle(os.path.join(folder, file), batch)
-        meta = {"fine_label_names": names, "coarse_label_names": [f"fake_superclass_{i}" for i in range(20)]}
-    _write_pickle(os.path.join(folder, cls.meta["filename"]), meta)
-
-
-def _cifar_batch(x: np.ndarray, y: np.ndarray, batch_label: str, label_key: str) -> dict:
-    return {
-        "batch_label": batch_label,
-        label_key: [int(v) for v in y],
-        "data": np.ascontiguousarray(x.reshape(len(x), 3 * 32 * 32)),  # rows of 1024 red, 1024 green, 1024 blue
-        "filenames": [f"fake_{i:05d}.png" for i in range(len(x))],
-    }
-
-
-class _Py2Str(bytes):
-    """A Python 2 `str`, the type of every key and name in the original CIFAR pickles."""
-
-
-class _Py2Pickler(pickle._Pickler):
-    # Python 3 cannot pickle a Python 2 `str`, but the originals are full of them: they load as `str` with
-    # encoding="latin1" (torchvision) and as `bytes` with encoding="bytes" (the CIFAR home page's recipe).
-    # Writing the same opcode makes fake files read the same both ways.
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-
-    dispatch[_Py2Str] = _save_py2_str
-
-
-def _py2(obj: object) -> object:
-    if isinstance(obj, str):
-        return _Py2Str(obj.encode("latin1"))
-    if isinstance(obj, list):
-        return [_py2(v) for v in obj]
-    if isinstance(obj, dict):
-        return {_py2(k): _py2(v) for k, v in obj.items()}
-    return obj
-
-
-def _write_pickle(path: str, obj: dict) -> None:
-    buffer = io.BytesIO()
-    _Py2Pickler(buffer, protocol=4).dump(_py2(obj))
-    _atomic_write(path, buffer.getvalue())
-
-
-def _idx_bytes(array: np.ndarray) -> bytes:
-    """The idx format of MNIST: magic (0x08 = unsigned byte, then the rank), big-endian dims, raw bytes."""
-    return struct.pack(f">{1 + array.ndim}i", 0x0800 + array.ndim, *array.shape) + array.astype(np.uint8).tobytes()
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)  # a reader never sees a half-written file
-
-
 def _digest(arrays: tuple[Tensor, ...]) -> str:
     h = hashlib.sha256()
     for a in arrays:
@@ -705,67 +424,35 @@ def _digest(arrays: tuple[Tensor, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def _at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got '{text}'")
-        return value
-
-    return parse
-
-
-def _parser() -> argparse.ArgumentParser:
-    from search.cli import UsageError
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str):  # one line via search.cli.run_main, not argparse's usage block
-            raise UsageError(f"{self.prog}: {message}")
-
-    common = Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    parser = Parser(prog="python -m search.data", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    fake = commands.add_parser("fake", parents=[common], help="write a small learnable fake dataset")
-    fake.add_argument("--dataset", required=True, choices=list(DATASETS))
-    fake.add_argument("--out", required=True, help="data dir to write into")
-    fake.add_argument("--train", required=True, type=_at_least(1), help="training images")
-    fake.add_argument("--test", required=True, type=_at_least(1), help="test images")
-    fake.add_argument("--seed", type=_at_least(0), default=0)
-    check = commands.add_parser("check", parents=[common], help="load a dataset and print its counts")
+def _parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m search.data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
+    check = commands.add_parser("check", help="load a dataset and print its counts")
     check.add_argument("--dataset", required=True, choices=list(DATASETS))
     check.add_argument("--data-dir", default=None, help=f"default: {DEFAULT_DATA_DIR} ($SEARCH_DATA_DIR)")
     check.add_argument("--no-download", action="store_true", help="fail instead of downloading missing files")
+    check.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`fake` writes a fake dataset; `check` loads one and prints its counts and a content digest."""
+    """`check` loads a dataset and prints its counts and a content digest."""
     args = _parser().parse_args(argv)
     info = DATASETS[args.dataset]
-    shape = f"{info.channels}x{info.size}x{info.size}"
-    if args.command == "fake":
-        write_fake(args.dataset, args.out, args.train, args.test, seed=args.seed)
-        print(
-            f"wrote fake {info.name}: {args.train} train + {args.test} test images ({shape}, "
-            f"{info.num_classes} classes) to {os.path.join(args.out, info.folder)}; use data dir {args.out}"
-        )
-    else:
-        arrays = load_arrays(args.dataset, args.data_dir, download=not args.no_download)
-        root = os.path.abspath(args.data_dir or DEFAULT_DATA_DIR)
-        print(
-            f"{info.name} in {root}: {len(arrays[0])} train + {len(arrays[2])} test images, {shape}, "
-            f"{info.num_classes} classes, sha256 {_digest(arrays)}"
-        )
+    arrays = load_arrays(args.dataset, args.data_dir, download=not args.no_download)
+    root = os.path.abspath(args.data_dir or DEFAULT_DATA_DIR)
+    print(
+        f"{info.name} in {root}: {len(arrays[0])} train + {len(arrays[2])} test images, "
+        f"{info.channels}x{info.size}x{info.size}, {info.num_classes} classes, sha256 {_digest(arrays)}"
+    )
     return 0
 
 
 if __name__ == "__main__":
-    # Run the importable copy of this module, not __main__: its DataError is the class run_main catches.
-    from search import data
-    from search.cli import run_main
+    sys.exit(cli.run_main(main))
 
-    run_main(data.main)
+
+def clear_cache() -> None:
+    """Forgets the datasets read so far: the files under a data dir changed (tests, the fake-data writer)."""
+    _load_cached.cache_clear()
+    _split.cache_clear()

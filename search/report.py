@@ -1,10 +1,8 @@
-"""After a search: the trials table, the summary, the early-stopping audit, plots, and the final retrains."""
+"""After a search: the trials table, the summary, the early-stopping audit and the plots."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -15,26 +13,20 @@ matplotlib.use("Agg")  # files only; no display on clusters
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from search.tracking import outcome_of  # noqa: E402
+from search.progress import rung_epochs  # noqa: E402
+from search.searcher import outcome_of  # noqa: E402
+from search.space import COST_MODES, METRICS_MODES  # noqa: E402
+from search.tuner import converged_after, is_control  # noqa: E402
 
 MIN_AUDIT_TRIALS = 4  # rank correlations of fewer trials say nothing
-
-
-def git_commit() -> str:
-    # A Ray job's working directory has no .git: search.submit sends the submitter's commit along.
-    fallback = os.environ.get("SEARCH_GIT_COMMIT", "unknown")
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or fallback
-    except (OSError, subprocess.SubprocessError):
-        return fallback
+COST = tuple(COST_MODES)  # what a trial costs, from its last result
+OUTCOME_COLORS = {"completed": "tab:green", "stopped_early": "tab:gray", "diverged": "tab:red", "errored": "black"}
+FRONT_COSTS = {"macs": "min", "images_per_second": "max"}  # the fronts the summary reports: compute, training speed
 
 
 def trials_frame(results, space) -> pd.DataFrame:
     """One row per trial: id, outcome, epochs, last metrics, searched params, and per-epoch curves in attrs."""
-    max_epochs, base = space.settings["MAX_EPOCHS"], space.base_config()
+    max_epochs, base = space.settings.MAX_EPOCHS, space.base_config()
     rows, curves, params = [], {}, []
     for r in results:
         last = r.metrics or {}
@@ -48,13 +40,15 @@ def trials_frame(results, space) -> pd.DataFrame:
             "outcome": outcome_of(last, max_epochs, error=r.error is not None),
             "epoch": last.get("epoch", 0),
             **{k: last.get(k) for k in ("val_acc", "val_loss", "val_top5", "train_loss", "train_acc")},
+            **{k: last.get(k) for k in COST},
             "seconds": last.get("time_total_s", 0.0),
+            "ended": last.get("timestamp", 0),
             "checkpoint": r.checkpoint.path if r.checkpoint else "",
         }
         rows.append(row)
         frame = r.metrics_dataframe
         if frame is not None and "epoch" in frame:
-            curves[trial_id] = frame[["epoch", *[c for c in ("val_acc", "val_loss") if c in frame]]]
+            curves[trial_id] = frame[["epoch", *[c for c in METRICS_MODES if c in frame]]]
     frame = pd.DataFrame(rows)
     for key in params:
         frame[key] = [(r.config or {}).get(key) for r in results]
@@ -62,34 +56,34 @@ def trials_frame(results, space) -> pd.DataFrame:
     return frame
 
 
-def rung_epochs(settings: dict) -> list[int]:
-    epochs, rung = [], settings["GRACE_PERIOD"]
-    while rung < settings["MAX_EPOCHS"]:
-        epochs.append(rung)
-        rung *= settings["REDUCTION_FACTOR"]
-    return epochs
+def audit(frame: pd.DataFrame, settings) -> dict:
+    """How well each ASHA rung's ranking predicted the final ranking, on the control trials.
 
-
-def audit(frame: pd.DataFrame, settings: dict) -> dict:
-    """How well each ASHA rung's ranking predicted the final ranking, among trials that ran to the end.
-
-    Spearman correlation between the metric at the rung's epoch and the final one. Low correlation at the
-    first rung means ASHA stops trials on noise: a longer grace period would waste less.
+    The controls (AUDIT_FRACTION of the trials, chosen at random) ran in full whatever ASHA said, so their
+    rankings at each rung are a fair sample; ASHA's survivors alone would be range-restricted and understate how
+    well early rungs rank. Spearman correlation between the metric at the rung's epoch and the final one: a low
+    one at the first rung means ASHA stops trials on noise, and a longer grace period would waste less.
     """
-    metric, curves = settings["METRIC"], frame.attrs["curves"]
-    finished = frame[frame.outcome == "completed"].trial_id
-    out = {"rungs": {}, "trials": int(len(finished)), "warning": ""}
-    if len(finished) < MIN_AUDIT_TRIALS:
-        out["warning"] = f"only {len(finished)} trials reached the last rung; too few to audit early stopping"
+    metric, curves = settings.METRIC, frame.attrs["curves"]
+    controls = [
+        t for t, outcome in zip(frame.trial_id, frame.outcome, strict=True)
+        if outcome == "completed" and t in curves and is_control(settings.SEED, t, settings.AUDIT_FRACTION)
+    ]  # fmt: skip
+    out = {"rungs": {}, "trials": len(controls), "warning": ""}
+    if len(controls) < MIN_AUDIT_TRIALS:
+        out["warning"] = (
+            f"{len(controls)} control trials ran in full (AUDIT_FRACTION={settings.AUDIT_FRACTION}); "
+            f"the early-stopping audit needs {MIN_AUDIT_TRIALS}"
+        )
         return out
-    final = {t: curves[t][metric].iloc[-1] for t in finished if t in curves}
+    final = {t: curves[t][metric].iloc[-1] for t in controls}
     for rung in rung_epochs(settings):
-        at_rung = {t: c.loc[c.epoch == rung, metric] for t, c in curves.items() if t in final}
+        at_rung = {t: curves[t].loc[curves[t].epoch == rung, metric] for t in controls}
         pairs = pd.DataFrame({"rung": {t: v.iloc[0] for t, v in at_rung.items() if len(v)}, "final": final})
         out["rungs"][rung] = round(float(pairs.corr(method="spearman").iloc[0, 1]), 3)
     weak = [r for r, c in out["rungs"].items() if not c >= 0.5]
     if weak:
-        better = next((r for r, c in out["rungs"].items() if c >= 0.7), settings["GRACE_PERIOD"] * 2)
+        better = next((r for r, c in out["rungs"].items() if c >= 0.7), settings.GRACE_PERIOD * 2)
         out["warning"] = (
             f"rankings at epoch {', '.join(map(str, weak))} predicted the final ranking poorly; "
             f"consider GRACE_PERIOD = {max(better, weak[-1] + 1)}"
@@ -97,31 +91,81 @@ def audit(frame: pd.DataFrame, settings: dict) -> dict:
     return out
 
 
-def summarize(space, frame, best_row, test, start: float, model_uri: str, final: dict | None) -> dict:
+def pareto_front(frame: pd.DataFrame, metric: str, mode: str, cost: str, cost_mode: str = "min") -> pd.DataFrame:
+    """The rows no other row beats on both `metric` and `cost` (one at least as good on both and better on one),
+    cheapest first."""
+    rows = frame.dropna(subset=[metric, cost])
+    gain = rows[metric].to_numpy(float) * (1 if mode == "max" else -1)  # higher is better
+    spend = rows[cost].to_numpy(float) * (1 if cost_mode == "min" else -1)  # lower is better
+    beaten = [((gain >= g) & (spend <= c) & ((gain > g) | (spend < c))).any() for g, c in zip(gain, spend, strict=True)]
+    return rows[[not b for b in beaten]].sort_values(cost, ascending=cost_mode == "min")
+
+
+def fronts(frame: pd.DataFrame, pool: pd.DataFrame, settings) -> dict:
+    """The accuracy-against-cost fronts of the trials that trained as long as the winner (`pool`), each member
+    with its metric, cost and config."""
+    out, costs = {}, {**FRONT_COSTS, **{k: m for k, m in settings.objectives.items() if k in COST_MODES}}
+    for cost, cost_mode in costs.items():
+        front = pareto_front(pool, settings.METRIC, settings.MODE, cost, cost_mode)
+        out[cost] = [
+            {
+                "trial_id": row.trial_id,
+                settings.METRIC: round(float(row[settings.METRIC]), 4),
+                **{k: _rounded(plain(row[k])) for k in COST if pd.notna(row[k])},
+                "config": {k: _rounded(plain(row[k])) for k in frame.attrs["params"]},
+            }
+            for _, row in front.iterrows()
+        ]
+    return out
+
+
+def converged(frame: pd.DataFrame, settings) -> int | None:
+    """After how many trials PATIENCE ended the search, replayed from Tune's record; None if it did not."""
+    if not settings.PATIENCE:
+        return None
+    ordered = frame.sort_values("ended", kind="stable")
+    values = [None if o == "errored" else v for v, o in zip(ordered[settings.METRIC], ordered.outcome, strict=True)]
+    return converged_after(values, settings.MODE, settings.PATIENCE, settings.MIN_DELTA)
+
+
+def summarize(space, frame, pool, best_row, test, start: float, model_uri: str, final: dict | None) -> dict:
+    """What a search found. `pool`: the trials the winner was chosen from (those that ran in full, if any)."""
     s = space.settings
     outcomes = frame.outcome.value_counts().to_dict()
     seconds = float(frame.seconds.sum())
     return {
         "best_trial": best_row.trial_id,
-        "best_config": {k: _plain(best_row[k]) for k in frame.attrs["params"]},
-        f"best_{s['METRIC']}": float(best_row[s["METRIC"]]),
+        "best_config": {k: _rounded(plain(best_row[k])) for k in frame.attrs["params"]},
+        f"best_{s.METRIC}": float(best_row[s.METRIC]),
         **{k: round(v, 4) for k, v in test.items()},
         "trials": int(len(frame)),
         "outcomes": {k: int(v) for k, v in outcomes.items()},
         "epochs_trained": int(frame.epoch.sum()),
-        "epochs_if_all_full": int(len(frame) * s["MAX_EPOCHS"]),
-        "cpu_hours": round(seconds * s["CPUS_PER_TRIAL"] / 3600, 3),
-        "gpu_hours": round(seconds * s["GPUS_PER_TRIAL"] / 3600, 3),
+        "epochs_if_all_full": int(len(frame) * s.MAX_EPOCHS),
+        "cpu_hours": round(seconds * s.CPUS_PER_TRIAL / 3600, 3),
+        "gpu_hours": round(seconds * s.GPUS_PER_TRIAL / 3600, 3),
         "wall_seconds": round(time.time() - start, 1),
         "model": model_uri,
         "best_checkpoint": best_row.checkpoint,
         "audit": audit(frame, s),
+        "front": fronts(frame, pool, s),
+        **(
+            {"converged_after": converged(frame, s), "patience": s.PATIENCE, "min_delta": s.MIN_DELTA}
+            if converged(frame, s)
+            else {}
+        ),  # fmt: skip
         **({"final": final} if final else {}),
     }
 
 
-def _plain(value):
+def plain(value: object) -> object:
+    """A numpy or pandas scalar as the Python number it holds."""
     return value.item() if hasattr(value, "item") else value
+
+
+def _rounded(value: object) -> object:
+    """Four significant digits: 0.23073968112646592 -> 0.2307, 0.000123456 -> 0.0001235."""
+    return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def print_summary(summary: dict) -> None:
@@ -140,11 +184,17 @@ def format_summary(summary: dict) -> str:
         f"compute     {summary['cpu_hours']} CPU-hours, {summary['gpu_hours']} GPU-hours, "
         f"{summary['wall_seconds']:.0f} s wall",
     ]
+    if "converged_after" in summary:
+        lines.append(
+            f"stopped     converged after {summary['converged_after']} trials: the last {summary['patience']} did not "
+            f"beat the best {metric.removeprefix('best_')} by more than {summary['min_delta']}"
+        )
     rungs = summary["audit"]["rungs"]
     if rungs:
         lines.append(
             "early stop  rank correlation with the final ranking: "
             + ", ".join(f"epoch {r}: {c}" for r, c in rungs.items())
+            + f" (over {summary['audit']['trials']} control trials run in full)"
         )
     if summary["audit"]["warning"]:
         lines.append(f"warning     {summary['audit']['warning']}")
@@ -154,32 +204,79 @@ def format_summary(summary: dict) -> str:
                 f"retrained   {row['trial_id']}: test_acc {row['test_acc_mean']:.4f} "
                 f"± {row['test_acc_std']:.4f} over {row['seeds']} seeds"
             )
+    front = summary.get("front", {}).get("macs", [])
+    if front:
+        lines.append(f"front       {metric.removeprefix('best_')} against MACs per image: {len(front)} trials no other "
+                     "beats on both (plots/pareto_front.png)")  # fmt: skip
+        lines += [f"  {_front_line(row, metric.removeprefix('best_'))}" for row in front]
     lines += [f"model       {summary['model']}", f"checkpoint  {summary['best_checkpoint']}"]
+    if "ui" in summary:
+        lines.append(f"compare     {summary['ui']}")
     return "\n".join(lines)
+
+
+def _front_line(row: dict, metric: str) -> str:
+    cost = [f"{_si(row['macs'])} MACs", f"{_si(row['params'])} params"]
+    if "latency_ms" in row:
+        cost.append(f"{row['latency_ms']:.2f} ms")
+    if "images_per_second" in row:
+        cost.append(f"{row['images_per_second']:.0f} img/s")
+    config = "  ".join(f"{k}={v}" for k, v in row["config"].items())
+    return f"{row['trial_id']}  {metric} {row[metric]:.4f}  {'  '.join(cost)}  {config}"
+
+
+def _si(n: float) -> str:
+    """26319872 -> 26.3M"""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def plot_front(frame: pd.DataFrame, metric: str, mode: str, pool: pd.DataFrame):
+    """Metric against MACs and against training speed: every trial by outcome, the front of `pool` drawn over."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, (cost, cost_mode) in zip(axes, FRONT_COSTS.items(), strict=True):
+        rows = frame.dropna(subset=[metric, cost])
+        for outcome, group in rows.groupby("outcome"):
+            ax.scatter(group[cost], group[metric], s=18, color=OUTCOME_COLORS.get(outcome, "tab:blue"),
+                       alpha=0.5, label=outcome)  # fmt: skip
+        front = pareto_front(pool, metric, mode, cost, cost_mode)
+        ax.plot(front[cost], front[metric], "o-", color="tab:orange", markerfacecolor="none", markersize=10,
+                label="front")  # fmt: skip
+        ax.set(xscale="log", xlabel={"macs": "MACs per image", "images_per_second": "training images/s"}[cost])
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel=metric, title=f"{metric} against compute")
+    axes[1].set(title=f"{metric} against training speed")
+    axes[0].legend()
+    return fig
 
 
 def plot_curves(frame: pd.DataFrame, metric: str):
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors = {"completed": "tab:green", "stopped_early": "tab:gray", "diverged": "tab:red", "errored": "black"}
     outcome = dict(zip(frame.trial_id, frame.outcome, strict=True))
     for trial_id, curve in frame.attrs["curves"].items():
         if metric in curve:
-            ax.plot(curve.epoch, curve[metric], color=colors.get(outcome.get(trial_id), "tab:blue"), alpha=0.7)
+            ax.plot(curve.epoch, curve[metric], color=OUTCOME_COLORS.get(outcome.get(trial_id), "tab:blue"), alpha=0.7)
     ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} of every trial (green: ran in full)")
     ax.grid(alpha=0.3)
     return fig
 
 
-def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, study, summary: dict) -> None:
-    """The trials CSV, the summary, learning curves, parallel coordinates and parameter importance."""
-    metric = space.settings["METRIC"]
+def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, pool, study, summary: dict) -> None:
+    """The trials CSV, the summary, learning curves, the accuracy-cost fronts, parallel coordinates and parameter
+    importance."""
+    metric = space.settings.METRIC
     client.log_text(run_id, frame.drop(columns=["checkpoint"]).to_csv(index=False), "trials.csv")
     client.log_dict(run_id, json.loads(json.dumps(summary, default=str)), "summary.json")
     client.log_text(run_id, format_summary(summary), "summary.txt")
     client.log_figure(run_id, plot_curves(frame, metric), "plots/learning_curves.png")
+    client.log_figure(run_id, plot_front(frame, metric, space.settings.MODE, pool), "plots/pareto_front.png")
     plt.close("all")
     from optuna.visualization import matplotlib as ovm
 
+    # a multi-objective study's plots need to be told which objective: METRIC, the first
+    target = {"target": lambda t: t.values[0], "target_name": metric} if len(study.directions) > 1 else {}
     for name, plot in (
         ("parallel_coordinates", ovm.plot_parallel_coordinate),
         ("importance", ovm.plot_param_importances),
@@ -187,7 +284,7 @@ def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, study, summar
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
-                axes = plot(study)
+                axes = plot(study, **target)
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # too few finished trials for the plot
             client.set_tag(run_id, f"plot.{name}", f"skipped: {exc}"[:500])
             continue

@@ -7,12 +7,13 @@ Ray or MLflow start: every mistake is one `SpaceError` line naming the file and 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import runpy
 import traceback
 import types
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import optuna
@@ -20,45 +21,163 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.tune.search.sample import Domain
 
 from models import PoolingCollapse, list_models
-from search.cli import UsageError
 from search.data import DATASETS
+from search.errors import ConfigError, SpaceError
 from search.train import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per check would log a line each
 
-# name: (type, default, what it means). A default of None means the space file must set it.
-SETTINGS: dict[str, tuple[type, object, str]] = {
-    "DATASET": (str, None, "dataset name"),
-    "MODEL": (str, None, "model name"),
-    "METRIC": (str, "val_acc", "metric the search optimizes and ASHA compares"),
-    "MODE": (str, "max", "max or min"),
-    "MAX_EPOCHS": (int, 10, "epochs of a full trial"),
-    "GRACE_PERIOD": (int, 1, "epochs before ASHA may stop a trial"),
-    "REDUCTION_FACTOR": (int, 3, "ASHA keeps the top 1/REDUCTION_FACTOR at each rung"),
-    "NUM_SAMPLES": (int, 20, "trials"),
-    "MAX_CONCURRENT": (int, 0, "trials at once; 0 = as many as the cluster holds"),
-    "CPUS_PER_TRIAL": (float, 1.0, "CPUs per trial"),
-    "GPUS_PER_TRIAL": (float, 0.0, "GPUs per trial; fractions pack trials on one GPU"),
-    "SEED": (int, 0, "seeds TPE, the data split and weight init"),
-    "MAX_FAILURES": (int, 2, "retries of a crashed trial from its last checkpoint"),
-    "TIME_BUDGET": (str, "", "wall-clock limit of the search, e.g. 2h; empty = none"),
-    "VAL_FRACTION": (float, 0.1, "of the training set, held out for validation"),
-    "TRAIN_SUBSET": (int, 0, "train on this many images; 0 = all"),
-    "FIXED": (dict, {}, "train config keys or model options fixed for every trial"),
-    "START_WITH": (list, [], "configs (dicts of searched parameters) to try first, e.g. a known baseline"),
-    "SMOKE": (dict, {}, "settings and fixed params --smoke applies on top of SMOKE_DEFAULTS"),
-}
+
+def _setting(default: object, meaning: str, **kwargs):
+    """A setting: its default (MISSING = the space file must set it) and what it means, for messages."""
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"meaning": meaning})
+    return field(default=default, metadata={"meaning": meaning}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A space file's UPPER_CASE settings, typed and checked: each knob is checked here and nowhere else.
+
+    Keys a trial shares with TrainConfig (VAL_FRACTION, TRAIN_SUBSET) are passed on and checked there.
+
+    Raises:
+        SpaceError (from `check`): one line naming the file, the setting and the bad value.
+    """
+
+    DATASET: str = _setting(MISSING, "dataset name")
+    MODEL: str = _setting(MISSING, "model name")
+    METRIC: str = _setting("val_acc", "metric the search optimizes and ASHA compares")
+    MODE: str = _setting("max", "max or min (default: the direction METRIC improves in)")
+    MAX_EPOCHS: int = _setting(10, "epochs of a full trial")
+    GRACE_PERIOD: int = _setting(1, "epochs before ASHA may stop a trial")
+    REDUCTION_FACTOR: int = _setting(3, "ASHA keeps the top 1/REDUCTION_FACTOR at each rung")
+    NUM_SAMPLES: int = _setting(20, "trials")
+    MAX_CONCURRENT: int = _setting(0, "trials at once; 0 = as many as the cluster holds")
+    CPUS_PER_TRIAL: float = _setting(1.0, "CPUs per trial")
+    GPUS_PER_TRIAL: float = _setting(0.0, "GPUs per trial; fractions pack trials on one GPU")
+    SEED: int = _setting(0, "seeds TPE, the data split and weight init")
+    MAX_FAILURES: int = _setting(2, "retries of a crashed trial from its last checkpoint")
+    TIME_BUDGET: str = _setting("", "wall-clock limit of the search, e.g. 2h; empty = none")
+    VAL_FRACTION: float = _setting(0.1, "of the training set, held out for validation")
+    TRAIN_SUBSET: int = _setting(0, "train on this many images; 0 = all")
+    PATIENCE: int = _setting(0, "end the search once this many trials in a row did not beat the best; 0 = never")
+    MIN_DELTA: float = _setting(0.0, "what beating the best means for PATIENCE: by more than this")
+    AUDIT_FRACTION: float = _setting(0.1, "of the trials, run in full whatever ASHA says, to audit early stopping")
+    OBJECTIVES: dict = _setting({}, "a multi-objective search, e.g. {'val_acc': 'max', 'macs': 'min'}: TPE proposes "
+                                "along their front; the first is METRIC, the one ASHA stops trials on")  # fmt: skip
+    MAX_MACS: float = _setting(0.0, "multiply-accumulates per image a config may cost; TPE's proposals over it are "
+                               "refused before they train; 0 = no limit")  # fmt: skip
+    FIXED: dict = _setting({}, "train config keys or model options fixed for every trial")
+    START_WITH: list = _setting([], "configs (dicts of searched parameters) to try first, e.g. a known baseline")
+    SMOKE: dict = _setting({}, "settings and fixed params --smoke applies on top of SMOKE_DEFAULTS")
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def check(cls, path: Path, given: dict) -> Settings:
+        """Types, defaults and ranges of every setting; the first mistake is a SpaceError naming it."""
+        objectives = given.get("OBJECTIVES")
+        if objectives and isinstance(objectives, dict) and "METRIC" not in given:  # the first objective is METRIC
+            given = {"METRIC": next(iter(objectives)), "MODE": next(iter(objectives.values())), **given}
+        # MODE follows the metric unless the file says otherwise: val_loss is minimized
+        given = {"MODE": METRICS_MODES.get(given.get("METRIC", "val_acc"), "max"), **given}
+        values = {}
+        for f in fields(cls):
+            kind, meaning = {"str": str, "int": int, "float": float, "dict": dict, "list": list}[f.type], f.metadata
+            value = given.get(f.name, MISSING)
+            if value is MISSING:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise SpaceError(f"{path}: {f.name} is required ({meaning['meaning']})")
+                value = f.default if f.default is not MISSING else f.default_factory()
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise SpaceError(f"{path}: {f.name} must be {kind.__name__} ({meaning['meaning']}), got {value!r}")
+            values[f.name] = value
+        settings = cls(**values)
+        problem = settings._problem()
+        if problem:
+            name, why = problem
+            raise SpaceError(f"{path}: {name}={getattr(settings, name)!r}: {why}")
+        return settings
+
+    def _problem(self) -> tuple[str, str] | None:
+        if self.OBJECTIVES:  # before METRIC, which the first objective sets
+            problem = self._objectives_problem()
+            if problem:
+                return "OBJECTIVES", problem
+        if self.DATASET not in DATASETS:
+            return "DATASET", f"unknown dataset; choose from: {', '.join(DATASETS)}"
+        if self.MODEL not in list_models():
+            return "MODEL", f"unknown model; choose from: {', '.join(list_models())}"
+        if self.METRIC not in METRICS_MODES:
+            return "METRIC", f"unknown metric; choose from: {', '.join(METRICS_MODES)}"
+        if self.MODE not in ("max", "min"):
+            return "MODE", "must be 'max' or 'min'"
+        for name in ("MAX_EPOCHS", "NUM_SAMPLES", "GRACE_PERIOD"):
+            if getattr(self, name) < 1:
+                return name, "must be at least 1"
+        if self.GRACE_PERIOD > self.MAX_EPOCHS:
+            return "GRACE_PERIOD", f"must not exceed MAX_EPOCHS ({self.MAX_EPOCHS})"
+        if self.REDUCTION_FACTOR < 2:
+            return "REDUCTION_FACTOR", "must be at least 2"
+        for name in ("MAX_CONCURRENT", "MAX_FAILURES", "TRAIN_SUBSET", "PATIENCE", "MIN_DELTA"):
+            if getattr(self, name) < 0:
+                return name, "must not be negative"
+        if self.CPUS_PER_TRIAL < 1:
+            return "CPUS_PER_TRIAL", "a trial trains with at least 1 CPU"
+        if self.GPUS_PER_TRIAL < 0 or (self.GPUS_PER_TRIAL > 1 and not self.GPUS_PER_TRIAL.is_integer()):
+            return "GPUS_PER_TRIAL", "must be a fraction up to 1 (0.25 packs four trials on a GPU) or whole GPUs"
+        if self.MAX_MACS < 0:
+            return "MAX_MACS", "must not be negative (0 = no limit)"
+        if not 0 <= self.AUDIT_FRACTION <= 1:
+            return "AUDIT_FRACTION", "must be between 0 and 1"
+        if self.TIME_BUDGET:
+            try:
+                parse_duration(self.TIME_BUDGET)
+            except ValueError as exc:
+                return "TIME_BUDGET", str(exc)
+        return None
+
+    def _objectives_problem(self) -> str:
+        known = {**METRICS_MODES, **COST_MODES}
+        if len(self.OBJECTIVES) < 2:
+            return "a multi-objective search needs at least two objectives (one is METRIC alone)"
+        for name, mode in self.OBJECTIVES.items():
+            if name not in known:
+                return f"unknown objective {name!r}; choose from: {', '.join(known)}"
+            if mode not in ("max", "min"):
+                return f"{name}: direction {mode!r} must be 'max' or 'min'"
+        first, mode = next(iter(self.OBJECTIVES.items()))
+        if first not in METRICS_MODES:
+            return f"the first objective is the metric ASHA stops trials on: one of {', '.join(METRICS_MODES)}"
+        if (first, mode) != (self.METRIC, self.MODE):
+            return f"the first objective ({first}: {mode}) must be METRIC and MODE ({self.METRIC}: {self.MODE})"
+        return ""
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        """What TPE optimizes, and which way: OBJECTIVES, or METRIC alone."""
+        return dict(self.OBJECTIVES) or {self.METRIC: self.MODE}
+
+    @property
+    def time_budget_s(self) -> float | None:
+        return parse_duration(self.TIME_BUDGET) if self.TIME_BUDGET else None
+
+
 # --smoke: the whole pipeline on a tiny budget, a few minutes on 2 CPU cores.
 SMOKE_DEFAULTS = {
     "NUM_SAMPLES": 4, "MAX_EPOCHS": 2, "GRACE_PERIOD": 1, "REDUCTION_FACTOR": 2, "TRAIN_SUBSET": 512,
     "batch_size": 64,
 }  # fmt: skip
+# Every metric a trial reports each epoch, and which way is better: each can be a space's METRIC.
 METRICS_MODES = {"val_acc": "max", "val_top5": "max", "val_loss": "min", "train_loss": "min", "train_acc": "max"}
+# What a trial costs, reported with its epochs (counted or measured once per architecture): each can be an objective.
+COST_MODES = {"params": "min", "macs": "min", "latency_ms": "min", "images_per_second": "max"}
 CHECK_SAMPLES = 32  # random configs drawn to check a space before the search starts
-
-
-class SpaceError(UsageError):
-    """A space file or override that cannot run; the message names the file and the setting."""
 
 
 @dataclass
@@ -74,7 +193,7 @@ class Space:
     """
 
     path: Path
-    settings: dict
+    settings: Settings
     params: dict | Callable
     fixed: dict = field(default_factory=dict)
     source: str = ""
@@ -91,16 +210,20 @@ class Space:
         """What every trial gets before the sampler adds its parameters."""
         s = self.settings
         base = {
-            "model": s["MODEL"], "dataset": s["DATASET"], "epochs": s["MAX_EPOCHS"], "seed": s["SEED"],
-            "val_fraction": s["VAL_FRACTION"], "train_subset": s["TRAIN_SUBSET"], "data_dir": data_dir,
+            "model": s.MODEL, "dataset": s.DATASET, "epochs": s.MAX_EPOCHS, "seed": s.SEED,
+            "val_fraction": s.VAL_FRACTION, "train_subset": s.TRAIN_SUBSET, "data_dir": data_dir,
         }  # fmt: skip
         return {**base, **self.fixed}
 
+    def start_with(self) -> list[dict]:
+        """START_WITH, less the values something fixes (FIXED, --set, --smoke): a fixed value wins."""
+        return [{k: v for k, v in point.items() if k not in self.fixed} for point in self.settings.START_WITH]
+
     def penalty(self) -> float:
         """The score a diverged trial gets: chance level, so TPE learns that region is bad."""
-        classes = DATASETS[self.settings["DATASET"]].num_classes
+        classes = DATASETS[self.settings.DATASET].num_classes
         chance = {"val_acc": 1 / classes, "train_acc": 1 / classes, "val_top5": min(1.0, 5 / classes)}
-        return chance.get(self.settings["METRIC"], 1e6 if self.settings["MODE"] == "min" else -1e6)
+        return chance.get(self.settings.METRIC, 1e6 if self.settings.MODE == "min" else -1e6)
 
 
 def parse_duration(text: str) -> float:
@@ -152,10 +275,10 @@ def load_space(path: str | Path, overrides: dict | None = None, smoke: bool = Fa
             continue
         if name == "SPACE" or name == "space" and callable(value):
             params = value
-        elif name in SETTINGS:
+        elif name in Settings.names():
             settings[name] = value
         elif name.isupper():
-            raise SpaceError(f"{path}: unknown setting {name}; known: {', '.join(SETTINGS)}, SPACE")
+            raise SpaceError(f"{path}: unknown setting {name}; known: {', '.join(Settings.names())}, SPACE")
         elif not callable(value):
             raise SpaceError(f"{path}: unknown name {name!r}: a space file holds settings, SPACE or space(trial)")
     if "SPACE" in namespace and callable(namespace.get("space")):
@@ -167,74 +290,28 @@ def load_space(path: str | Path, overrides: dict | None = None, smoke: bool = Fa
     if not isinstance(params, dict) and not callable(params):
         raise SpaceError(f"{path}: SPACE must be a dict of ray.tune samplers, got {type(params).__name__}")
 
+    if smoke:  # a smoke run is how a space file gets tried: its own settings must hold for the real run too
+        Settings.check(path, {**settings, **{k: v for k, v in (overrides or {}).items() if k.isupper()}})
     fixed = {}
     for source_overrides in (SMOKE_DEFAULTS if smoke else {}, settings.get("SMOKE", {}) if smoke else {}, overrides):
         for key, value in (source_overrides or {}).items():
             if key.isupper():
-                if key not in SETTINGS:
-                    raise SpaceError(f"{path}: --set {key}: unknown setting; known: {', '.join(SETTINGS)}")
+                if key not in Settings.names():
+                    raise SpaceError(f"{path}: --set {key}: unknown setting; known: {', '.join(Settings.names())}")
                 settings[key] = value
             else:
                 fixed[key] = value
-    space = Space(path=path, settings=_check_settings(path, settings), params=params, source=source)
+    space = Space(path=path, settings=Settings.check(path, settings), params=params, source=source)
     constants = {}
     if isinstance(params, dict):  # constants in SPACE are fixed parameters; so is anything FIXED or --set
         constants = {k: v for k, v in params.items() if not isinstance(v, Domain)}
-    space.fixed = {**constants, **space.settings["FIXED"], **fixed}
+    space.fixed = {**constants, **space.settings.FIXED, **fixed}
     if isinstance(space.params, dict):
         space.params = {k: v for k, v in space.params.items() if k not in space.fixed}
         if not space.params:
             raise SpaceError(f"{path}: nothing left to search: every SPACE key is a constant or fixed")
     _check_params(space)
     return space
-
-
-def _check_settings(path: Path, given: dict) -> dict:
-    settings = {}
-    for name, (kind, default, meaning) in SETTINGS.items():
-        value = given.get(name, default)
-        if value is None:
-            raise SpaceError(f"{path}: {name} is required ({meaning})")
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise SpaceError(f"{path}: {name} must be {kind.__name__} ({meaning}), got {value!r}")
-        settings[name] = value
-    s = settings
-
-    def bad(name: str, why: str) -> SpaceError:
-        return SpaceError(f"{path}: {name}={s[name]!r}: {why}")
-
-    if s["DATASET"] not in DATASETS:
-        raise bad("DATASET", f"unknown dataset; choose from: {', '.join(DATASETS)}")
-    if s["MODEL"] not in list_models():
-        raise bad("MODEL", f"unknown model; choose from: {', '.join(list_models())}")
-    if s["METRIC"] not in METRICS_MODES:
-        raise bad("METRIC", f"unknown metric; choose from: {', '.join(METRICS_MODES)}")
-    if s["MODE"] not in ("max", "min"):
-        raise bad("MODE", "must be 'max' or 'min'")
-    for name in ("MAX_EPOCHS", "NUM_SAMPLES", "GRACE_PERIOD"):
-        if s[name] < 1:
-            raise bad(name, "must be at least 1")
-    if s["GRACE_PERIOD"] > s["MAX_EPOCHS"]:
-        raise bad("GRACE_PERIOD", f"must not exceed MAX_EPOCHS ({s['MAX_EPOCHS']})")
-    if s["REDUCTION_FACTOR"] < 2:
-        raise bad("REDUCTION_FACTOR", "must be at least 2")
-    if s["MAX_CONCURRENT"] < 0 or s["MAX_FAILURES"] < 0 or s["TRAIN_SUBSET"] < 0:
-        name = next(n for n in ("MAX_CONCURRENT", "MAX_FAILURES", "TRAIN_SUBSET") if s[n] < 0)
-        raise bad(name, "must not be negative")
-    if s["CPUS_PER_TRIAL"] < 1:
-        raise bad("CPUS_PER_TRIAL", "a trial trains with at least 1 CPU")
-    if s["GPUS_PER_TRIAL"] < 0 or (s["GPUS_PER_TRIAL"] > 1 and not s["GPUS_PER_TRIAL"].is_integer()):
-        raise bad("GPUS_PER_TRIAL", "must be a fraction up to 1 (0.25 packs four trials on a GPU) or whole GPUs")
-    if not 0 < s["VAL_FRACTION"] < 1:
-        raise bad("VAL_FRACTION", "must be between 0 and 1")
-    if s["TIME_BUDGET"]:
-        try:
-            parse_duration(s["TIME_BUDGET"])
-        except ValueError as exc:
-            raise bad("TIME_BUDGET", str(exc)) from None
-    return settings
 
 
 def distributions(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -270,7 +347,7 @@ def distributions(space: Space) -> dict[str, optuna.distributions.BaseDistributi
 
 def sample_configs(space: Space, dists: dict, n: int = CHECK_SAMPLES) -> list[tuple[str, dict]]:
     """Random configs, plus every categorical choice and both ends of every range: (what varied, config)."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.settings["SEED"]))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=space.settings.SEED))
     samples = []
     for _ in range(n):
         trial = study.ask(fixed_distributions=dists)
@@ -289,31 +366,51 @@ def sample_configs(space: Space, dists: dict, n: int = CHECK_SAMPLES) -> list[tu
 
 
 def _check_params(space: Space) -> None:
+    try:  # what every trial shares (settings passed on to the trainer, FIXED, --set) is the trainer's to check
+        TrainConfig.from_dict(space.base_config()).validate()
+    except ConfigError as exc:
+        if not isinstance(exc.__cause__, PoolingCollapse):
+            raise SpaceError(f"{space.path}: {exc}") from None
     dists = distributions(space)
     overlap = set(dists) & set(space.fixed)
     if callable(space.params) and overlap:
         dists = {k: v for k, v in dists.items() if k not in overlap}
-    collapsed, first_collapse = 0, None
+    collapsed, first_collapse, cheapest = 0, None, math.inf
     checked = sample_configs(space, dists)
     for where, params in checked:
-        config = {**space.base_config(), **params}
+        config = TrainConfig.from_dict({**space.base_config(), **params})
         try:
-            TrainConfig.from_dict(config).validate()
-        except PoolingCollapse as exc:
+            config.validate()
+        except ConfigError as exc:
+            if not isinstance(exc.__cause__, PoolingCollapse):
+                raise SpaceError(f"{space.path}: {where}: {exc}") from None
             collapsed += 1
             first_collapse = first_collapse or f"{where}: {exc}"
-        except ValueError as exc:
-            raise SpaceError(f"{space.path}: {where}: {exc}") from None
-    for i, point in enumerate(space.settings["START_WITH"]):
+            continue
+        if space.settings.MAX_MACS:
+            cheapest = min(cheapest, config.cost()["macs"])
+    for i, point in enumerate(space.settings.START_WITH):
         if not isinstance(point, dict):
             raise SpaceError(f"{space.path}: START_WITH[{i}] must be a dict of parameters, got {point!r}")
+    for i, point in enumerate(space.start_with()):
         if isinstance(space.params, dict) and set(point) != set(space.params):
             raise SpaceError(
                 f"{space.path}: START_WITH[{i}] must give every searched parameter: {', '.join(space.params)}"
             )
         try:
-            TrainConfig.from_dict({**space.base_config(), **point}).validate()
-        except ValueError as exc:
+            config = TrainConfig.from_dict({**space.base_config(), **point})
+            config.validate()
+        except ConfigError as exc:
             raise SpaceError(f"{space.path}: START_WITH[{i}]: {exc}") from None
+        if space.settings.MAX_MACS and config.cost()["macs"] > space.settings.MAX_MACS:
+            raise SpaceError(
+                f"{space.path}: START_WITH[{i}] costs {config.cost()['macs']:.3g} MACs per image, over MAX_MACS "
+                f"({space.settings.MAX_MACS:.3g})"
+            )
     if collapsed == len(checked):
         raise SpaceError(f"{space.path}: every architecture this space samples collapses: {first_collapse}")
+    if cheapest > space.settings.MAX_MACS > 0:
+        raise SpaceError(
+            f"{space.path}: MAX_MACS={space.settings.MAX_MACS:.3g}: none of {len(checked)} sampled configs fits "
+            f"(the cheapest costs {cheapest:.3g} MACs per image)"
+        )

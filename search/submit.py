@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from search.cli import UsageError, run_main
+from search import cli
+from search.errors import UsageError, one_line
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +57,7 @@ PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOF
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
 
 TOKEN_HELP = "on the head node `ray get-auth-token` prints it"
+CONNECT_TIMEOUT_S = 30  # a dashboard that does not answer within this is reported, not waited on
 
 
 def ray_token() -> tuple[str, str]:
@@ -142,11 +145,24 @@ def connect(address: str):
     """
     from ray.job_submission import JobSubmissionClient
 
+    _probe_dashboard(address)
     token, _ = ray_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     # The SDK lets RAY_ADDRESS and RAY_API_SERVER_ADDRESS override the address it is given; --address wins here.
     with _cluster_errors(address), _env({"RAY_ADDRESS": None, "RAY_API_SERVER_ADDRESS": None}):
         return JobSubmissionClient(address, headers=headers)
+
+
+def _probe_dashboard(address: str) -> None:
+    """Fails in seconds when nothing listens at the dashboard's address (a silent firewall would hang the SDK)."""
+    parts = urlsplit(address if "://" in address else f"http://{address}")
+    try:
+        socket.create_connection((parts.hostname, parts.port or 8265), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"cannot reach the Ray dashboard at {address} ({one_line(exc)}); is the cluster up, and is the address "
+            "the head node's dashboard, http://HEAD:8265?"
+        ) from None
 
 
 def git_commit() -> str:
@@ -190,10 +206,6 @@ def runtime_env(tracking_uri: str, pip: bool = False) -> dict:
     return env
 
 
-def _raise_usage(message: str):
-    raise UsageError(f"search.run options: {message}")
-
-
 def checked_command(run_argv: list[str], tracking_uri: str) -> list[str]:
     """Checks a search.run command line here, before anything is sent, and returns it as the job runs it.
 
@@ -209,9 +221,9 @@ def checked_command(run_argv: list[str], tracking_uri: str) -> list[str]:
     from search import run  # its own parser: an option search.run lacks fails here, not in the job
     from search.space import load_space
 
-    parser = run._parser()
-    parser.error = _raise_usage  # one line, not argparse's usage block
-    args = parser.parse_args(run_argv)
+    args = run._parser().parse_args(run_argv)
+    if args.address:
+        raise UsageError("--address is the submitter's (the dashboard); the job joins the cluster it runs on")
     path = Path(args.space).resolve()
     if not path.is_relative_to(PROJECT):
         raise UsageError(f"{args.space}: the space file must be inside {PROJECT}, the folder the job gets")
@@ -246,7 +258,8 @@ def checked_command(run_argv: list[str], tracking_uri: str) -> list[str]:
         )
     command = list(run_argv)
     command[command.index(args.space)] = path.relative_to(PROJECT).as_posix()  # the job runs in the project
-    return ["python", "-m", "search.run", *command]
+    # The job joins the cluster it runs on (Ray sets RAY_ADDRESS for it), not a private Ray of its own.
+    return ["python", "-m", "search.run", *command, "--address", "auto"]
 
 
 def check_tracking(tracking_uri: str) -> None:
@@ -255,16 +268,10 @@ def check_tracking(tracking_uri: str) -> None:
     Raises:
         UsageError: one line naming the server and what went wrong.
     """
-    from mlflow.tracking import MlflowClient
+    from search.tracking import open_store
 
-    from search.tracking import check_server
-
-    probe = {k: os.environ.get(k, v) for k, v in PROBE_ENV.items()}
-    with _env(probe):
-        try:
-            check_server(MlflowClient(tracking_uri))
-        except ConnectionError as exc:
-            raise UsageError(str(exc)) from None
+    with _env({k: os.environ.get(k, v) for k, v in PROBE_ENV.items()}):
+        open_store(tracking_uri)
 
 
 def submit(space: str, run_args: list[str], address: str, tracking_uri: str = "", pip: bool = False) -> str:
@@ -323,26 +330,22 @@ def follow(address: str, job_id: str) -> str:
     return str(status)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line via search.cli.run_main, not argparse's usage block
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _parser(commands: bool) -> argparse.ArgumentParser:
+def _parser(commands: bool) -> cli.ArgumentParser:
     if commands:
-        p = _Parser(prog="python -m search.submit", description="Follow, inspect or stop a submitted search.")
+        p = cli.ArgumentParser(
+            prog="python -m search.submit", description="Follow, inspect or stop a submitted search."
+        )
         p.add_argument("command", choices=["status", "logs", "stop"])
         p.add_argument("job_id", help="the id `python -m search.submit SPACE` printed")
         p.add_argument("--follow", action="store_true", help="logs: stream until the job ends, exit with its outcome")
     else:
         # Only the submitter's own options: everything else, SPACE included, is search.run's and is left over.
-        p = _Parser(
+        p = cli.ArgumentParser(
             prog="python -m search.submit",
             usage="%(prog)s SPACE --address URL [--follow] [--pip] [search.run options]\n"
             "       %(prog)s {status,logs,stop} JOB_ID --address URL",
             description="Submit a search to a Ray cluster as a Ray Job; follow, inspect or stop it.",
             epilog="search.run options: python -m search.run --help (--storage, shared by every node, is required)",
-            allow_abbrev=False,
         )
         p.add_argument(
             "--follow", action="store_true", help="stream the logs until the job ends, exit with its outcome"
@@ -408,7 +411,4 @@ def _outcome(job_id: str, status: str) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable copy of this module, as search.data does: its UsageError is the one run_main catches.
-    from search import submit as _self
-
-    run_main(_self.main)
+    sys.exit(cli.run_main(main))

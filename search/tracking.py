@@ -1,9 +1,16 @@
-"""MLflow: one parent run per search, one nested child run per trial, metrics logged in batches.
+"""MLflow: one parent run per search, one child run per trial; a projection of Tune's own record.
 
-All tracking happens on the driver, in a Tune callback, so trials never talk to the tracking server. The
-callback only queues what to log; a background thread sends it, so a slow or absent server never holds up
-Tune's loop either. MLflow's own client and standard tags do the work; the callback only decides when to
-call them.
+Tune's experiment folder is the durable record of a search (every trial's config, every epoch in its
+result.json, how it ended). `sync` rebuilds MLflow from it: one query for the parent's child runs, then for each
+trial a missing run is created, the epochs MLflow lacks appended, and the final status set. Running it twice
+changes nothing; it runs at the end of a search, on --resume, and as a command for a store that was away:
+
+    python -m search.tracking sync runs/NAME
+
+While a search runs, `LiveTracking` logs results as they arrive, from a thread of its own so Tune's loop never
+waits on the store. It is best-effort: when the store fails it stops logging the trials it missed, and the next
+sync fills every gap. Each run's `epoch` tag counts the epochs MLflow holds without a gap; it travels in the same
+request as those epochs' metrics, so it never claims more than MLflow has.
 """
 
 from __future__ import annotations
@@ -11,42 +18,47 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
+import re
+import sys
 import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from urllib.parse import urlparse
 
 import mlflow
 from filelock import FileLock
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
+from ray.tune.experiment import Trial
+
+from search import cli, mlflow_ui
+from search.errors import UsageError, one_line
+from search.searcher import outcome_of
+from search.state import read_state
+from search.tuner import has_snapshot
 
 log = logging.getLogger(__name__)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
 
 METRICS = (
     "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "epoch_seconds", "images_per_second",
+    "params", "macs", "latency_ms",  # the trial's cost: constant, logged with every epoch so charts can use it
 )  # fmt: skip
-# MLflow rejects a batch of more than 1000 metrics; params are capped at 100 per batch.
-MAX_BATCH_METRICS, MAX_BATCH_PARAMS = 1000, 100
-
-
-def ensure_experiment(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    return client.create_experiment(name)
+STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "errored": "FAILED",
+          "interrupted": "KILLED", "running": "RUNNING"}  # fmt: skip
+EPOCHS_PER_REQUEST = 100  # 100 epochs x 8 metrics stays under MLflow's 1,000 metrics per request
+RETRY_SECONDS = 30  # after a failed request, live logging rests this long before trying the store again
 
 
 def open_store(tracking_uri: str | None) -> MlflowClient:
     """A client of the tracking store, checked before any trial trains.
 
     Raises:
-        ConnectionError: one line naming the tracking URI and what went wrong (unreachable, credentials).
+        UsageError: one line naming the tracking URI and what went wrong (unreachable, credentials).
     """
     uri = tracking_uri or mlflow.get_tracking_uri()
     # Opening a new sqlite store creates its tables; two searches starting at once would race doing so.
@@ -54,302 +66,387 @@ def open_store(tracking_uri: str | None) -> MlflowClient:
     try:
         with lock:
             client = MlflowClient(uri)
-            check_server(client)
-    except ConnectionError:
-        raise
-    except Exception as exc:
-        raise ConnectionError(f"MLflow tracking store {uri}: {_reason(exc)}") from None
+            client.search_experiments(max_results=1)
+    except Exception as exc:  # requests, MLflow and SQLAlchemy errors all mean the same thing here
+        reason = one_line(exc)
+        if "401" in reason or "403" in reason or "Unauthorized" in reason:
+            reason = "credentials rejected (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+        raise UsageError(f"MLflow tracking store {uri}: {reason}") from None
     return client
 
 
-def check_server(client: MlflowClient) -> None:
-    """Fails fast when the store is unreachable or rejects our credentials.
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where a file-based store keeps artifacts: beside the store, never in the current folder.
+
+    MLflow's default for a sqlite or file store is `./mlruns` relative to whichever process logs, so a search
+    started elsewhere (a Ray Job's temporary working folder) scatters artifacts where nothing finds them later.
+    A server chooses its own (None).
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent.joinpath("mlartifacts").as_uri()
+    return None  # a file store keeps artifacts inside itself already; a server picks its own
+
+
+def ensure_experiment(client: MlflowClient, name: str) -> str:
+    """The experiment of a space, created as a model-training experiment with its artifacts beside the store.
 
     Raises:
-        ConnectionError: one line naming the tracking URI and what went wrong.
+        UsageError: an existing experiment keeps its artifacts in a relative folder (an older search's default),
+            which this process would resolve somewhere else.
     """
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as exc:  # requests, MLflow and SQLAlchemy errors all mean the same thing here
-        raise ConnectionError(f"MLflow tracking store {client.tracking_uri}: {_reason(exc)}") from None
-
-
-def _reason(exc: Exception) -> str:
-    reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-    if "401" in reason or "403" in reason or "Unauthorized" in reason:
-        reason = "credentials rejected (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
-    return reason
-
-
-def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str) -> dict[str, str]:
-    """trial_id -> run_id of the parent's child runs: how a resumed search finds its trials' runs."""
-    runs = client.search_runs(
-        [experiment_id], filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'", max_results=50000
-    )
-    return {r.data.tags["trial_id"]: r.info.run_id for r in runs if "trial_id" in r.data.tags}
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        root = artifact_root(client.tracking_uri)
+        location = f"{root}/{name}" if root else None
+        experiment_id = client.create_experiment(name, artifact_location=location, tags=mlflow_ui.experiment_tags())
+        return experiment_id
+    if experiment.lifecycle_stage == "deleted":
+        client.restore_experiment(experiment.experiment_id)
+    location = experiment.artifact_location
+    if not urlparse(location).scheme and not Path(location).is_absolute():  # not mlflow-artifacts:/1, s3://, /abs
+        raise UsageError(
+            f"MLflow experiment {name!r} keeps artifacts in the relative folder {location!r}; rename or delete "
+            "that experiment, or pass another --tracking-uri"
+        )
+    for key, value in mlflow_ui.experiment_tags().items():
+        if experiment.tags.get(key) != value:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def params_of(config: dict) -> list[Param]:
-    config = {**config, **config.get("variant", {})}  # the final retrains' grid over whole configs
+    """A trial's config as MLflow params; the final retrains' `variant` (a whole config) is unpacked."""
+    config = {**config, **config.get("variant", {})}
     config.pop("variant", None)
     return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
 
 
-def log_batched(client: MlflowClient, run_id: str, metrics=(), params=(), tags=()) -> None:
-    """log_batch within MLflow's per-request limits."""
-    metrics, params = list(metrics), list(params)
-    for i in range(0, max(len(params), 1), MAX_BATCH_PARAMS):
-        client.log_batch(run_id, params=params[i : i + MAX_BATCH_PARAMS], tags=list(tags) if i == 0 else [])
-    for i in range(0, len(metrics), MAX_BATCH_METRICS):
-        client.log_batch(run_id, metrics=metrics[i : i + MAX_BATCH_METRICS])
+def start_parent(client: MlflowClient, experiment_id: str, name: str, params: dict, tags: dict, files: dict) -> str:
+    """Creates a search's parent run with its params, tags and text files (the space file)."""
+    run = client.create_run(experiment_id, run_name=name, tags={**mlflow_ui.run_tags(), **tags})
+    client.log_batch(run.info.run_id, params=params_of(params))
+    for artifact, text in files.items():
+        client.log_text(run.info.run_id, text, artifact)
+    return run.info.run_id
 
 
-def outcome_of(result: dict | None, max_epochs: int, error: bool = False) -> str:
-    """completed, stopped_early (ASHA or the time budget), diverged or errored."""
-    if error:
+def end_parent(client: MlflowClient, run_id: str, status: str, **tags: str) -> None:
+    """Ends the parent run; best-effort, since the store may be what failed (--resume ends it properly then)."""
+    try:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        client.set_terminated(run_id, status=status)
+    except Exception as exc:  # the store is away: say so, but let the search's own error through
+        log.warning("MLflow: could not end run %s as %s (%s)", run_id, status, one_line(exc))
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, stage: str) -> dict[str, Run]:
+    """trial_id -> run, for the parent's child runs of one stage (search, final): one query."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.stage = '{stage}'",
+        max_results=50000,
+    )
+    return {r.data.tags["trial_id"]: r for r in runs if "trial_id" in r.data.tags}
+
+
+def _create_run(client: MlflowClient, experiment_id: str, parent_run_id: str, stage: str, trial_id: str,
+                config: dict) -> str:  # fmt: skip
+    tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "trial_id": trial_id, "stage": stage, "epoch": "0"}
+    run = client.create_run(experiment_id, run_name=trial_id, tags={**mlflow_ui.run_tags(), **tags})
+    client.log_batch(run.info.run_id, params=params_of(config))
+    mlflow_ui.inherit_dataset(client, run.info.run_id, parent_run_id)
+    return run.info.run_id
+
+
+def _metrics(result: dict) -> list[Metric]:
+    epoch, timestamp = int(result["epoch"]), int(result.get("timestamp", time.time()) * 1000)
+    out = []
+    for key in METRICS:
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(Metric(key, float(value) if math.isfinite(value) else float("nan"), timestamp, epoch))
+    return out
+
+
+def _log_epochs(client: MlflowClient, run_id: str, results: list[dict], node_id: str = "") -> None:
+    """Logs consecutive epochs; each request carries the `epoch` tag of the last epoch it holds."""
+    for i in range(0, len(results), EPOCHS_PER_REQUEST):
+        chunk = results[i : i + EPOCHS_PER_REQUEST]
+        tags = [RunTag("epoch", str(chunk[-1]["epoch"]))] + ([RunTag("node_id", node_id)] if node_id else [])
+        client.log_batch(run_id, metrics=[m for r in chunk for m in _metrics(r)], tags=tags)
+
+
+def _end_run(client: MlflowClient, run_id: str, outcome: str, error: str = "") -> None:
+    tags = [RunTag("outcome", outcome)] + ([RunTag("error", error[-5000:])] if error else [])
+    client.log_batch(run_id, tags=tags)
+    if outcome == "running":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status=STATUS[outcome])
+
+
+def _results(trial_folder: Path) -> list[dict]:
+    """A trial's epochs from Tune's result.json, one per epoch (a retried trial may report an epoch twice)."""
+    path = trial_folder / "result.json"
+    by_epoch = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        result = json.loads(line)
+        if "epoch" in result:
+            by_epoch[int(result["epoch"])] = result
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _error_line(trial_folder: Path) -> tuple[str, str]:
+    """(last line, whole trace) of a trial's error.txt."""
+    path = trial_folder / "error.txt"
+    trace = path.read_text() if path.exists() else "unknown error"
+    lines = [line for line in trace.splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if not line.startswith(" ")), lines[-1] if lines else ""), trace
+
+
+def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, parent_run_id: str,
+         max_epochs: int, stage: str = "search") -> dict[str, int]:  # fmt: skip
+    """Makes MLflow agree with Tune's record of an experiment: exactly one complete run per trial.
+
+    Creates missing runs, appends the epochs MLflow lacks, ends each run as its trial ended (or KILLED with
+    outcome `interrupted` when the search stopped before it did) and deletes runs of trials the experiment does
+    not know (created after its last snapshot by a driver that was then killed). Idempotent.
+
+    Returns:
+        Counts of what changed: created, epochs, ended, deleted.
+    """
+    experiment_path = Path(experiment_path)
+    trials = _tune_trials(experiment_path)
+    runs = child_runs(client, experiment_id, parent_run_id, stage)
+    changed = {"created": 0, "epochs": 0, "ended": 0, "deleted": 0}
+    for trial_id, run in runs.items():
+        if trial_id not in trials:
+            client.delete_run(run.info.run_id)
+            changed["deleted"] += 1
+    for trial_id, trial in trials.items():
+        folder = experiment_path / trial_id
+        run = runs.get(trial_id)
+        run_id = run.info.run_id if run else _create_run(client, experiment_id, parent_run_id, stage, trial_id,
+                                                         dict(trial.config))  # fmt: skip
+        changed["created"] += run is None
+        tagged = int(run.data.tags.get("epoch", 0)) if run else 0
+        results = _results(folder)
+        logged = _logged_epochs(client, run_id, tagged) if results and results[-1]["epoch"] > tagged else tagged
+        missing = [r for r in results if r["epoch"] > logged]
+        if missing:
+            _log_epochs(client, run_id, missing)
+            changed["epochs"] += len(missing)
+        elif logged > tagged:
+            client.set_tag(run_id, "epoch", str(logged))
+        outcome = _outcome(trial.status, folder, results[-1] if results else None, max_epochs, trial.max_failures)
+        ended = run and run.data.tags.get("outcome") == outcome and run.info.status == STATUS[outcome]
+        if ended and (outcome != "errored" or run.data.tags.get("error")):  # live logging ends runs without the trace
+            continue
+        error = ""
+        if outcome == "errored" and not (run and run.data.tags.get("error")):
+            error, trace = _error_line(folder)
+            client.log_text(run_id, trace, "error.txt")
+        _end_run(client, run_id, outcome, error)
+        changed["ended"] += 1
+    return changed
+
+
+def _logged_epochs(client: MlflowClient, run_id: str, tagged: int) -> int:
+    """The last epoch a run holds, from its metrics: the `epoch` tag can lag them by one request, since MLflow's
+    log_batch writes metrics and tags in separate transactions and a driver can be killed between the two."""
+    return max([tagged, *(m.step for m in client.get_metric_history(run_id, "val_acc"))])
+
+
+def _outcome(status: str, folder: Path, last: dict | None, max_epochs: int, max_failures: int) -> str:
+    """How a trial ended, by Tune's snapshot and its folder.
+
+    Tune's last snapshot can still say RUNNING for a trial whose worker died with no retries left: Tune does not
+    mark an errored trial for its next snapshot (Ray 2.60). Its error.txt says how often it failed ("Failure # N"),
+    and Tune retries a trial only while N <= max_failures: past that, the trial errored, whatever the snapshot says.
+    """
+    if status == "TERMINATED":
+        return outcome_of(last, max_epochs)
+    if status == "ERROR" or _out_of_retries(folder, max_failures):
         return "errored"
-    if not result:
-        return "stopped_early"
-    if result.get("outcome") == "diverged":
-        return "diverged"
-    return "completed" if result.get("epoch", 0) >= max_epochs else "stopped_early"
+    return "interrupted"
 
 
-STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "errored": "FAILED"}
+def _out_of_retries(folder: Path, max_failures: int) -> bool:
+    error = folder / "error.txt"
+    failures = [int(n) for n in re.findall(r"^Failure # (\d+)", error.read_text(), re.M)] if error.exists() else []
+    return bool(failures) and 0 <= max_failures < max(failures)
 
 
-class MLflowTrials(tune.Callback):
-    """Creates a child run per trial under `parent_run_id`, buffers its metrics and flushes them in batches.
+def unfinished_trials(experiment_path: str | Path) -> list[str]:
+    """The trials Tune's record says are still to run (pending, paused or stopped on Ctrl-C): what --resume continues.
 
-    Tune's callbacks only queue; a background thread flushes every `flush_seconds`, and soon after a trial
-    starts or ends, one log_batch per run, so tracking costs a few requests a minute, not one per metric, and
-    none of them on Tune's loop. When the store is unreachable the buffer is kept and retried at the next
-    flush; `pending()` says what never made it. The experiment's end stops the thread and flushes the rest.
+    Ask the record, not the ResultGrid: on Ctrl-C (or SIGTERM, as run.py turns it) Tune saves its snapshot and then
+    marks the trials it stops TERMINATED in memory (Ray 2.60), so a search stopped in its last wave of trials
+    looks finished there.
+    """
+    path = Path(experiment_path)
+    return [
+        trial_id
+        for trial_id, trial in _tune_trials(path).items()
+        if _outcome(trial.status, path / trial_id, None, 0, trial.max_failures) == "interrupted"
+    ]
+
+
+def _tune_trials(experiment_path: Path) -> dict[str, Trial]:
+    """trial_id -> trial (status, config, max_failures) from Tune's newest experiment snapshot; none before the
+    first one."""
+    if not has_snapshot(experiment_path):
+        return {}
+    return {t.trial_id: t for t in tune.ExperimentAnalysis(str(experiment_path)).trials}
+
+
+class LiveTracking(tune.Callback):
+    """Logs trials to MLflow as Tune reports them, from a thread of its own; best-effort (see the module doc).
 
     Args:
         tracking_uri: MLflow tracking URI (credentials come from the environment, never from here).
         experiment_id: the search's experiment.
         parent_run_id: the search's parent run.
         max_epochs: the epoch budget of a full trial, to tell completed from stopped early.
-        flush_seconds: the longest a metric waits in the buffer.
-        tags: extra tags of every child run (the final retrains get stage=final).
-        resume_hint: the command that completes the runs if the store is still away at the end.
+        stage: tags every child run (`search`, or `final` for the retrains); sync works one stage at a time.
     """
 
-    def __init__(
-        self,
-        tracking_uri: str,
-        experiment_id: str,
-        parent_run_id: str,
-        max_epochs: int,
-        flush_seconds: float = 5,
-        tags: dict | None = None,
-        resume_hint: str = "",
-    ):
-        self.tags = dict(tags or {})
-        self.resume_hint = resume_hint
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.max_epochs = max_epochs
-        self.flush_seconds = flush_seconds
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
+                 stage: str = "search") -> None:  # fmt: skip
+        self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
+        self.max_epochs, self.stage = max_epochs, stage
         self._reset()
 
     def _reset(self) -> None:
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
-        self._logged_epoch: dict[str, int] = {}  # trial_id -> last epoch sent or buffered
-        self._ended: set[str] = set()  # trials whose end this process queued
-        # trial_id -> what the store has not taken yet, in order: ("start", config) | ("status", s) | Metric | RunTag
-        self._buffer: dict[str, list] = {}
-        self._lock = threading.Lock()  # guards _buffer: Tune's thread queues while the flusher sends
-        self._wake = threading.Event()
-        self._stop = threading.Event()
+        self._logged: dict[str, int] = {}  # trial_id -> epochs MLflow holds without a gap
+        self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._rest_until = 0.0
 
     def __getstate__(self) -> dict:
-        # Tune pickles callbacks into the experiment state; a client and buffers don't belong there.
+        # Tune pickles callbacks into the experiment state; a client, a queue and a thread don't belong there.
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._reset()
 
+    def setup(self, **info) -> None:
+        self._thread = threading.Thread(target=self._work, name="mlflow-live", daemon=True)
+        self._thread.start()
+        self._queue.put((self._find_runs, ()))
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._queue.put((self._start, (trial.trial_id, dict(trial.config))))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._queue.put((self._epoch, (trial.trial_id, [dict(result)])))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        outcome = outcome_of(trial.last_result, self.max_epochs)
+        self._queue.put((self._end, (trial.trial_id, outcome)))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._queue.put((self._end, (trial.trial_id, "errored")))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join()
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            for fn, args in self._coalesced([item]):
+                if time.monotonic() < self._rest_until:
+                    continue  # the store failed a moment ago: leave this to the next sync
+                try:
+                    fn(*args)
+                except Exception as exc:  # whatever the store or the network raise, the search goes on
+                    log.warning("MLflow: live logging paused for %d s (%s); the end of the search fills the gaps",
+                                RETRY_SECONDS, one_line(exc, 200))  # fmt: skip
+                    self._rest_until = time.monotonic() + RETRY_SECONDS
+
+    def _coalesced(self, items: list) -> list:
+        """`items` and what else waits in the queue, each trial's waiting epochs as one request (in its order)."""
+        while not self._queue.empty() and items[-1] is not None:
+            items.append(self._queue.get_nowait())
+        if items[-1] is None:
+            self._queue.put(None)  # the end: handled by _work's loop once these are sent
+            items.pop()
+        out, waiting = [], {}  # trial_id -> the epochs of its last request in `out`, while more can join them
+        for fn, args in items:
+            trial_id = args[0] if args else None
+            if fn == self._epoch and trial_id in waiting:
+                waiting[trial_id].extend(args[1])
+                continue
+            waiting.pop(trial_id, None)  # a start or an end: later epochs go after it
+            if fn == self._epoch:
+                waiting[trial_id] = args[1]
+            out.append((fn, args))
+        return out
+
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            client = MlflowClient(self.tracking_uri)
-            self._runs = child_runs(client, self.experiment_id, self.parent_run_id)
-            for trial_id, run_id in self._runs.items():
-                history = client.get_metric_history(run_id, "val_acc")
-                self._logged_epoch[trial_id] = max((m.step for m in history), default=0)
-            self._client = client
+            self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def setup(self, **info) -> None:
-        self.client  # noqa: B018 - find the runs of a resumed search before its trials report (checked reachable)
-        self._thread = threading.Thread(target=self._flush_loop, name="mlflow-trials", daemon=True)
-        self._thread.start()
+    def _find_runs(self) -> None:
+        for trial_id, run in child_runs(self.client, self.experiment_id, self.parent_run_id, self.stage).items():
+            self._runs[trial_id] = run.info.run_id
+            self._logged[trial_id] = int(run.data.tags.get("epoch", 0))
 
-    def _flush_loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.flush_seconds)
-            self._wake.clear()
-            self.flush()
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        # A resumed or retried trial continues its own run (made already, or on its way in the buffer).
-        known = trial.trial_id in self._logged_epoch
-        self._queue(trial.trial_id, ("status", "RUNNING") if known else ("start", dict(trial.config)))
-        self._logged_epoch.setdefault(trial.trial_id, 0)
-        self._ended.discard(trial.trial_id)
-        self._wake.set()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        now = int(time.time() * 1000)
-        for past in result.get("history") or []:  # epochs a restore replayed from its checkpoint
-            self._add_epoch(trial.trial_id, past, now)
-        self._add_epoch(trial.trial_id, result, now)
-        tags = [RunTag("epoch", str(result.get("epoch", 0))), RunTag("node_id", str(result.get("node_id")))]
-        self._queue(trial.trial_id, *tags)
-
-    def _queue(self, trial_id: str, *items) -> None:
-        with self._lock:
-            self._buffer.setdefault(trial_id, []).extend(items)
-
-    def _add_epoch(self, trial_id: str, result: dict, timestamp: int) -> None:
-        epoch = int(result.get("epoch", 0))
-        if epoch <= self._logged_epoch.get(trial_id, 0):
+    def _start(self, trial_id: str, config: dict) -> None:
+        if trial_id in self._runs:  # resumed or retried: it continues its own run
+            _end_run(self.client, self._runs[trial_id], "running")
             return
-        self._logged_epoch[trial_id] = epoch
-        for key in METRICS:
-            value = result.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                value = float(value) if math.isfinite(value) else float("nan")
-                self._queue(trial_id, Metric(key, value, timestamp, epoch))
+        args = (self.client, self.experiment_id, self.parent_run_id, self.stage, trial_id, config)
+        self._runs[trial_id] = _create_run(*args)
+        self._logged[trial_id] = 0
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._end(trial, outcome_of(trial.last_result, self.max_epochs))
+    def _epoch(self, trial_id: str, results: list[dict]) -> None:
+        # Only the next epochs: after a gap (a failed request) the rest of this trial waits for sync.
+        if trial_id not in self._runs:
+            return
+        new = []
+        for result in results:
+            if int(result.get("epoch", 0)) == self._logged[trial_id] + len(new) + 1:
+                new.append(result)
+        if new:
+            _log_epochs(self.client, self._runs[trial_id], new, node_id=str(new[-1].get("node_id", "")))
+            self._logged[trial_id] += len(new)
 
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        # Tune writes the trace locally first and syncs it to storage later: read whichever exists now.
-        local = trial.error_file
-        trace = (Path(local).read_text() if local and Path(local).exists() else trial.get_error()) or "unknown error"
-        lines = [line for line in str(trace).splitlines() if line.strip()]
-        message = next((line for line in reversed(lines) if not line.startswith(" ")), lines[-1])
-        self._end(trial, "errored", extra=[RunTag("error", message[:5000]), ("text", str(trace), "error.txt")])
-
-    def _end(self, trial, outcome: str, extra=()) -> None:
-        epoch = (trial.last_result or {}).get("epoch", 0)
-        self._queue(trial.trial_id, RunTag("outcome", outcome), RunTag("epoch", str(epoch)), *extra)
-        self._queue(trial.trial_id, ("status", STATUS[outcome]))
-        self._ended.add(trial.trial_id)
-        self._wake.set()
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-        self.reconcile(trials)
-        self.flush()
-        if self.pending():
-            log.error(
-                "MLflow: %d trial runs are incomplete (the store at %s is unreachable); nothing is lost: once it is "
-                "back, `%s` completes them from the search's own records",
-                len(self.pending()), self.tracking_uri, self.resume_hint or "python -m search.run SPACE --resume",
-            )  # fmt: skip
-
-    def reconcile(self, trials) -> None:
-        """Makes MLflow agree with Tune: one complete run per trial, none RUNNING once the search has ended.
-
-        A killed driver or an absent tracking server loses or holds back what was buffered, and a resumed Tune
-        does not replay trials that had already ended. So: runs missing are created, epochs missing are filled
-        in from each trial's own result.json, runs of ended trials are ended, and runs of trials the restored
-        experiment never knew (created after its last snapshot, then suggested anew) are deleted.
-        """
-        try:
-            self._reconcile(trials)
-        except (MlflowException, OSError) as exc:
-            log.warning("MLflow: store unreachable at the end of the search (%s)", str(exc)[:200])
-
-    def _reconcile(self, trials) -> None:
-        known = {t.trial_id for t in trials}
-        for trial_id, run_id in list(self._runs.items()):
-            if trial_id not in known:
-                self.client.delete_run(run_id)
-                del self._runs[trial_id]
-        ended = {"TERMINATED": None, "ERROR": "errored"}
-        for trial in trials:
-            tid, queued = trial.trial_id, self._buffer.get(trial.trial_id, [])
-            if tid not in self._runs and not any(isinstance(i, tuple) and i[0] == "start" for i in queued):
-                self._queue(tid, ("start", dict(trial.config)))
-            if (trial.last_result or {}).get("epoch", 0) > self._logged_epoch.get(tid, 0):
-                for line in _result_lines(trial):
-                    self._add_epoch(tid, json.loads(line), int(time.time() * 1000))
-            if tid in self._ended:
-                continue  # its end is logged or on its way
-            if trial.status in ended:
-                if tid not in self._runs or self.client.get_run(self._runs[tid]).info.status == "RUNNING":
-                    self._end(trial, ended[trial.status] or outcome_of(trial.last_result, self.max_epochs))
-            else:  # an interrupted search: --resume sets these RUNNING again
-                self._queue(tid, RunTag("outcome", "interrupted"), ("status", "KILLED"))
-
-    def flush(self) -> None:
-        """Sends what is buffered, run by run, in order; keeps whatever the store did not take.
-
-        Only one thread flushes at a time: the flusher, or the experiment's end once the flusher has stopped.
-        """
-        with self._lock:
-            batch, self._buffer = self._buffer, {}
-        try:
-            for trial_id, items in batch.items():
-                self._send(trial_id, items)
-        except (MlflowException, OSError) as exc:
-            log.warning("MLflow: could not log trial %s (%s); will retry", trial_id, str(exc)[:200])
-            # the store is away: don't spend a round of retries on every other trial too
-        finally:
-            with self._lock:  # what was not sent goes back ahead of what was queued meanwhile
-                for trial_id, items in batch.items():
-                    if items:
-                        self._buffer[trial_id] = items + self._buffer.get(trial_id, [])
-
-    def _send(self, trial_id: str, items: list) -> None:
-        """Sends one trial's items; what succeeded leaves `items`, so a retry never sends it twice."""
-        for i, item in enumerate(items):
-            if isinstance(item, tuple) and item[0] == "start":
-                run = self.client.create_run(
-                    self.experiment_id,
-                    run_name=trial_id,
-                    tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, "trial_id": trial_id, **self.tags},
-                )
-                self._runs[trial_id] = run.info.run_id
-                items[i] = ("params", item[1])
-        run_id = self._runs[trial_id]
-        params = [p for i in items if isinstance(i, tuple) and i[0] == "params" for p in params_of(i[1])]
-        metrics = [m for m in items if isinstance(m, Metric)]
-        tags = list({t.key: t for t in items if isinstance(t, RunTag)}.values())
-        log_batched(self.client, run_id, metrics=metrics, params=params, tags=tags)
-        items[:] = [i for i in items if isinstance(i, tuple) and i[0] in ("text", "status")]
-        while items and items[0][0] == "text":
-            self.client.log_text(run_id, items[0][1], items[0][2])
-            items.pop(0)
-        statuses = [item[1] for item in items if item[0] == "status"]
-        if statuses and statuses[-1] == "RUNNING":
-            self.client.update_run(run_id, status="RUNNING")
-        elif statuses:
-            self.client.set_terminated(run_id, status=statuses[-1])
-        items.clear()
-
-    def pending(self) -> list[str]:
-        """Trial ids with metrics, tags or ends the store has not taken yet."""
-        return [trial_id for trial_id, items in self._buffer.items() if items]
+    def _end(self, trial_id: str, outcome: str) -> None:
+        if trial_id in self._runs:
+            _end_run(self.client, self._runs[trial_id], outcome)
 
 
-def _result_lines(trial) -> list[str]:
-    """Every result a trial reported, from Tune's result.json (the driver's copy, else the synced one)."""
-    for folder in (trial.local_path, trial.path):
-        path = Path(folder or "", "result.json")
-        if folder and "://" not in folder and path.exists():
-            return path.read_text().splitlines()
-    return []
+def sync_search(folder: str | Path) -> dict[str, int]:
+    """Syncs a search folder (runs/NAME, which holds search.json) and its final retrains to its MLflow store."""
+    folder = Path(folder).resolve()  # Tune's storage layer takes absolute paths or URIs only
+    state = read_state(folder)
+    client = open_store(state.tracking_uri)
+    totals = sync(folder, client, state.experiment_id, state.parent_run_id, state.max_epochs)
+    final = Path(f"{folder}-final")
+    if final.exists():
+        for key, n in sync(final, client, state.experiment_id, state.parent_run_id, state.max_epochs, "final").items():
+            totals[key] += n
+    return totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = cli.ArgumentParser(prog="python -m search.tracking", description="Rebuild a search's MLflow runs.")
+    commands = p.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
+    sync_cmd = commands.add_parser("sync", help="make MLflow agree with a search's folder (idempotent)")
+    sync_cmd.add_argument("folder", help="the search's folder, e.g. runs/vgg_cifar100-20261124-101500")
+    sync_cmd.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    changed = sync_search(args.folder)
+    print("synced: " + ", ".join(f"{n} {what}" for what, n in changed.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

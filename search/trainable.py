@@ -10,16 +10,32 @@ import ray
 import torch
 from ray import tune
 
-from search.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from models.cost import latency_ms
+from search.train import TrainConfig, load_checkpoint, resolve_device, save_checkpoint, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+_latency: dict[tuple, float] = {}  # architecture and device -> ms; a worker process runs many trials
+
+
+def trial_cost(config: TrainConfig) -> dict[str, float]:
+    """Parameters and MACs per image, counted; latency at batch 1 on the trial's device, measured once per
+    architecture in this process."""
+    cost = config.cost()
+    device = resolve_device(config.device)
+    key = (config.model, cost["params"], cost["macs"], str(device), torch.get_num_threads())
+    if key not in _latency:
+        model = config.build_model().to(device)
+        _latency[key] = latency_ms(model.to(memory_format=torch.channels_last) if config.channels_last else model,
+                                   config.input_shape)  # fmt: skip
+    return {**cost, "latency_ms": _latency[key]}
 
 
 def trainable(config: dict) -> None:
     """Trains one trial; Ray calls it in a worker process that stays alive across trials (actor reuse).
 
-    Reports every epoch's metrics plus `outcome` ('running', or 'diverged' on a non-finite loss) and, on the
-    first report after a restore, the epochs trained before it (`history`), so tracking can fill any gap.
+    Reports every epoch's metrics plus the trial's cost (`trial_cost`), `outcome` ('running', or 'diverged' on a
+    non-finite loss) and the node.
     """
     # A grid over whole configs (the final retrains) arrives as one `variant` dict; `source_trial` only labels it.
     config = {**config, **config.get("variant", {})}
@@ -34,14 +50,11 @@ def trainable(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE, train_config)
-    backfill = list(resume["history"]) if resume else []
     node_id = ray.get_runtime_context().get_node_id()  # tells apart two Ray nodes on one host
+    cost = trial_cost(train_config)
 
     def report(metrics: dict, state: dict) -> None:
-        nonlocal backfill
-        metrics = dict(metrics, outcome="running", node_id=node_id)
-        if backfill:
-            metrics["history"], backfill = backfill, []
+        metrics = dict(metrics, **cost, outcome="running", node_id=node_id)
         if not math.isfinite(metrics["train_loss"]):
             # No checkpoint: nothing worth resuming from NaN weights.
             tune.report(dict(metrics, outcome="diverged"))

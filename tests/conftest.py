@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
+import ray
+from mlflow.tracking import MlflowClient
 
-from search.data import DATASETS, write_fake
+from search import cli
+from search.data import DATASETS
+from search.fake_data import write_fake
 
 # Images per fake training set (3 per class for cifar100, 30 for the others) and test set; test_data.py
 # checks these sizes.
@@ -28,3 +34,54 @@ def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fashion")
     write_fake("fashion_mnist", str(root), train=1000, test=200)
     return root
+
+
+@pytest.fixture(scope="session")
+def _empty_store(tmp_path_factory) -> Path:
+    """A new sqlite MLflow store, made once: creating one runs MLflow's migrations, ~2.5 s each time."""
+    path = tmp_path_factory.mktemp("mlflow") / "empty.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def sqlite_uri(_empty_store, tmp_path) -> str:
+    """The URI of a real sqlite MLflow store of this test's own (tmp_path/mlflow.db), empty."""
+    shutil.copy(_empty_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.fixture
+def cli_exit(capsys):
+    """Runs a command line's `main` in this process as `python -m` would (through `cli.run_main`): returns its
+    exit code, stdout and stderr. tests/test_entry_points.py runs each command once as a real process."""
+
+    def run(main, argv: list) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            cli.run_main(main, [str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return exit_info.value.code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One private local Ray for every in-process Tune run of the session (starting one costs ~6 s); its workers
+    import the trainables of tests/tune_fakes.py from here."""
+    here = {"env_vars": {"PYTHONPATH": str(Path(__file__).parent)}}
+    # Tune's output engine as search.run sets it, for every run of the session: a run under the newer engine
+    # leaves Tune's global verbosity at 0, and the next run's table then had no rows
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, address="local", runtime_env=here)
+    yield
+    ray.shutdown()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its test item (`item.rep_call`), so a fixture can tell that its test failed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

@@ -31,8 +31,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from search import submit
-from search.cli import UsageError
-from search.data import write_fake
+from search.errors import UsageError
+from search.fake_data import write_fake
+
+pytestmark = pytest.mark.slow  # whole searches and clusters: minutes; `make test-fast` leaves them out
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's python, ray and mlflow
@@ -95,6 +97,18 @@ class Daemon:
         self.proc.wait()
 
 
+def node_local_folder(temp: Path) -> tuple[Path | None, list[str]]:
+    """A folder under `temp` and the command prefix that gives a process its own empty copy of it (a private
+    mount namespace with a tmpfs on it), as a second machine's local disk; (None, []) where that is not allowed."""
+    folder = temp / "node-local"
+    folder.mkdir()
+    prefix = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"',
+              str(folder)]  # fmt: skip
+    if shutil.which("unshare") and subprocess.run([*prefix, "true"], capture_output=True).returncode == 0:
+        return folder, prefix
+    return None, []
+
+
 def kill_marked(marker: str) -> None:
     """SIGKILLs leftover processes whose command line holds `marker`, a temporary path only ours contain."""
     import psutil
@@ -126,6 +140,7 @@ class RayCluster:
     dashboard: str  # http://127.0.0.1:PORT, what `search.submit --address` takes
     gcs: str  # 127.0.0.1:PORT, what `ray start --address` and `search.run --address` take
     token: str
+    node_local: Path | None = None  # a folder the head sees and the second node does not (None: cannot hide one)
     daemons: list[Daemon] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
@@ -169,7 +184,8 @@ def ray_cluster() -> Iterator[RayCluster]:
                        "--temp-dir", temp / "head", *common], env, temp / "head.log")  # fmt: skip
         cluster.daemons.append(head)
         wait_for(lambda: len(cluster.nodes()) == 1, START_TIMEOUT_S, "the Ray head", head.log)
-        worker = Daemon([BIN / "ray", "start", "--address", cluster.gcs, "--temp-dir", temp / "worker", *common],
+        cluster.node_local, hide = node_local_folder(temp)
+        worker = Daemon([*hide, BIN / "ray", "start", "--address", cluster.gcs, "--temp-dir", temp / "worker", *common],
                         env, temp / "worker.log")  # fmt: skip
         cluster.daemons.insert(0, worker)
         wait_for(lambda: len(cluster.nodes()) == 2, START_TIMEOUT_S, "the second Ray node", worker.log)
@@ -528,7 +544,7 @@ def test_slurm_script_runs_a_search_on_two_nodes_stops_at_the_time_limit_and_res
     slurm, mlflow_server, data_dir, tmp_path
 ):
     name = "slurm-search"
-    args = [SPACE, "--smoke", "--name", name, "--storage", str(tmp_path / "runs"), "--shared-storage",
+    args = [SPACE, "--smoke", "--name", name, "--storage", str(tmp_path / "runs"),
             "--data-dir", str(data_dir), *RUN_OPTIONS]  # fmt: skip
     job, out = slurm.start(args, mlflow_server.env())
     wait_for(lambda: search_runs(mlflow_server, name)[1], 300, "the first trial under Slurm", out)
@@ -625,7 +641,7 @@ def test_smoke_search_runs_as_a_ray_job_on_both_nodes(ray_cluster, mlflow_server
     env = ray_cluster.env(**mlflow_server.env())
     result = python(
         "-m", "search.submit", SPACE, "--address", ray_cluster.dashboard, "--follow", "--smoke", "--name", name,
-        "--storage", str(tmp_path / "runs"), "--shared-storage", "--data-dir", str(data_dir), *RUN_OPTIONS,
+        "--storage", str(tmp_path / "runs"), "--data-dir", str(data_dir), *RUN_OPTIONS,
         env=env,
     )  # fmt: skip
     output = result.stdout + result.stderr
@@ -642,7 +658,8 @@ def test_smoke_search_runs_as_a_ray_job_on_both_nodes(ray_cluster, mlflow_server
     assert all(c.info.status != "RUNNING" for c in children), [c.info.status for c in children]
     node_ids = {n["node_id"] for n in ray_cluster.nodes()}
     assert {c.data.tags.get("node_id") for c in children} == node_ids, "trials did not run on both nodes"
-    assert parent.data.tags["git_commit"] == submit.git_commit()  # sent along: the job's folder has no .git
+    commit = parent.data.tags["mlflow.source.git.commit"]
+    assert commit == submit.git_commit()  # sent along: the job's folder has no .git
     logged = [*parent.data.params.values(), *(v for c in children for v in c.data.params.values())]
     assert not any(mlflow_server.password in str(v) for v in logged)
 
@@ -658,7 +675,7 @@ def test_stopped_job_saves_the_search_for_resume(ray_cluster, mlflow_server, dat
     env = ray_cluster.env(**mlflow_server.env())
     result = python(
         "-m", "search.submit", SPACE, "--address", ray_cluster.dashboard, "--smoke", "--name", name,
-        "--storage", str(tmp_path / "runs"), "--shared-storage", "--data-dir", str(data_dir), *RUN_OPTIONS, env=env,
+        "--storage", str(tmp_path / "runs"), "--data-dir", str(data_dir), *RUN_OPTIONS, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.split()[1]
@@ -675,19 +692,23 @@ def test_stopped_job_saves_the_search_for_resume(ray_cluster, mlflow_server, dat
     assert (tmp_path / "runs" / name / "search.json").exists()
 
 
-def test_local_storage_on_a_multi_node_cluster_fails_before_the_search(ray_cluster, mlflow_server, data_dir, tmp_path):
+def test_local_storage_on_a_multi_node_cluster_fails_before_the_search(ray_cluster, mlflow_server, data_dir):
+    """Storage on the head's own disk: the second node (its own mount namespace) cannot see it."""
+    if ray_cluster.node_local is None:
+        pytest.skip("this machine does not let `unshare --mount` hide a folder from the second Ray node")
     name = "jobs-local-storage"
+    storage = ray_cluster.node_local / "runs"
     before = ray_cluster.job_ids()
     result = python(
         "-m", "search.submit", SPACE, "--address", ray_cluster.dashboard, "--follow", "--smoke", "--name", name,
-        "--storage", str(tmp_path / "runs"), "--data-dir", str(data_dir), "--quiet",
+        "--storage", str(storage), "--data-dir", str(data_dir), "--quiet",
         env=ray_cluster.env(**mlflow_server.env()),
     )  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr  # the job failed: --follow says so
     assert "FAILED" in result.stderr
     errors = [line for line in result.stdout.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "shared storage" in errors[0], result.stdout[-3000:]
+    assert len(errors) == 1 and "1 of 2 Ray nodes do not see this path" in errors[0], result.stdout[-3000:]
     assert "Traceback" not in result.stdout
     assert len(ray_cluster.job_ids() - before) == 1
     assert search_runs(mlflow_server, name) == (None, [])  # nothing started: no parent run
-    assert not (tmp_path / "runs" / name).exists()
+    assert not (storage / name).exists() and not list(storage.glob(".shared-*"))  # nor a folder, nor the marker

@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from models import MODELS, build_model, default_options, feature_size, list_models
+from models.cost import count, latency_ms
 
 
 def small_options(name: str, input_size: int) -> dict:
@@ -40,14 +41,18 @@ def test_forward(name: str, input_size: int, in_channels: int) -> None:
     assert torch.isfinite(out).all()
 
 
-def test_registry() -> None:
-    assert list_models() == sorted(MODELS)
-    for preset in ("vgg7", "vgg11", "vgg13", "vgg16", "vgg19"):
-        assert preset in MODELS
-        assert preset == "vgg7" or f"{preset}_bn" in MODELS
-    assert {"lenet5", "resnet18"} <= set(MODELS)
-    for name in MODELS:
-        assert {"num_classes", "in_channels", "input_size"} <= set(default_options(name))
+@pytest.mark.parametrize("name", list_models())
+def test_a_model_built_from_its_listed_defaults_is_the_model_built_without_options(name: str) -> None:
+    """`default_options` lists exactly what the constructor takes and what it does by default: passing every
+    listed default explicitly builds the same network, and each listed option is accepted."""
+    defaults = default_options(name)
+    assert {"num_classes", "in_channels", "input_size"} <= set(defaults)
+    with torch.device("meta"):
+        implicit, explicit = build_model(name), build_model(name, **defaults)
+        out = explicit(torch.empty(2, defaults["in_channels"], defaults["input_size"], defaults["input_size"]))
+    assert str(implicit) == str(explicit)
+    assert [p.shape for p in implicit.parameters()] == [p.shape for p in explicit.parameters()]
+    assert out.shape == (2, defaults["num_classes"])
 
 
 def test_vgg16_conv_stack_has_the_published_parameter_count() -> None:
@@ -179,3 +184,28 @@ def test_builds_on_the_meta_device(name: str) -> None:
     tensors = [*model.parameters(), *model.buffers()]
     assert tensors
     assert all(t.is_meta for t in tensors)
+
+
+def test_cost_counts_multiply_accumulates_without_allocating():
+    with torch.device("meta"):
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(128, 10)
+        )
+    # by hand: the conv makes 8 x 8x8 outputs of 3x3x3 products each; the linear layer 10 outputs of 128
+    assert count(model, (3, 8, 8)) == {"params": 3 * 8 * 9 + 8 + 128 * 10 + 10, "macs": 8 * 64 * 27 + 10 * 128}
+
+
+def test_a_stride_one_pool_costs_more_compute_for_the_same_weights():
+    def cost(**options):
+        with torch.device("meta"):
+            return count(build_model("vgg7", num_classes=100, **options), (3, 32, 32))
+
+    wide_maps, narrow_maps = cost(stride1=1, stride2=2), cost(stride1=2, stride2=2)
+    assert wide_maps["macs"] > 2 * narrow_maps["macs"]
+    assert cost(width1=32)["macs"] < cost(width1=64)["macs"]
+
+
+def test_latency_is_measured_on_the_models_device_and_leaves_its_mode():
+    model = build_model("vgg7", num_classes=10, width1=8, width2=16, fc1=16).train()
+    ms = latency_ms(model, (3, 32, 32), repeats=3)
+    assert 0 < ms < 10_000 and model.training

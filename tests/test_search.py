@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,11 +13,16 @@ from pathlib import Path
 
 import optuna
 import pytest
-import ray
 from mlflow.tracking import MlflowClient
 
-from search.data import write_fake
-from search.run import load_study, search
+from search import report
+from search.errors import UsageError
+from search.fake_data import write_fake
+from search.run import search
+from search.searcher import load_study
+from search.space import METRICS_MODES, load_space
+
+pytestmark = pytest.mark.slow  # whole searches and clusters: minutes; `make test-fast` leaves them out
 
 ROOT = Path(__file__).parents[1]
 SPACES = sorted(ROOT.joinpath("spaces").glob("*.py"))
@@ -37,11 +43,9 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts under ./mlruns of the working directory
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+@pytest.fixture(autouse=True)
+def on_local_ray(local_ray):
+    """The session's private Ray: every search here joins it, as a notebook's second search does."""
 
 
 def children(client: MlflowClient, parent_run_id: str) -> list:
@@ -66,18 +70,51 @@ def check_tracking(client: MlflowClient, result, num_samples: int) -> list:
         epochs = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
         assert epochs == list(range(1, int(run.data.tags["epoch"]) + 1))  # every epoch once, step = epoch
         assert run.data.params["model"] and "lr" in run.data.params
+        if int(run.data.tags["epoch"]):  # its cost is reported with its epochs
+            assert all(run.data.metrics[k] > 0 for k in ("macs", "params", "latency_ms")), run.data.metrics
     return runs
 
 
 @pytest.mark.parametrize("space", SPACES, ids=lambda p: p.stem)
 def test_smoke_search_of_every_space(space, data_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ctrl_c = signal.getsignal(signal.SIGINT)
     result = search(
         str(space), smoke=True, data_dir=str(data_dir), storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True
     )
     assert 0 <= result.test["test_acc"] <= 1 and result.best_config
     check_tracking(MlflowClient(uri), result, num_samples=4)
     assert Path(result.summary["best_checkpoint"], "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is ctrl_c  # not Tune's, which swallowed a Ctrl-C in the next cell
+    front = result.summary["front"]["macs"]
+    assert front and all(row["macs"] > 0 and row["images_per_second"] > 0 for row in front)
+    assert "against MACs per image" in report.format_summary(result.summary)
+    objectives = load_space(space, smoke=True).settings.objectives  # the course space: accuracy and MACs
+    study = load_study(result.experiment_path)
+    assert len(study.directions) == len(objectives)
+    done = {r.metrics["trial_id"]: r.metrics for r in result.results}
+    told = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert told and all(len(t.values) == len(objectives) for t in told)
+    told = [t for t in told if math.isfinite(t.values[-1])]  # not the diverged ones, worst on every objective
+    if len(objectives) > 1:  # TPE was told each trial's MACs beside its accuracy
+        assert sorted(t.values[1] for t in told) == sorted(
+            m["macs"] for m in done.values() if m["epoch"] == 2 and m["outcome"] != "diverged"
+        )
+
+
+def test_max_macs_keeps_every_trial_within_budget_and_the_front_can_be_retrained(data_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # smoke widths: stride1=1 costs 4.8M MACs per image, stride1=2 1.7M; TPE proposes both, half at random
+    result = search(str(ROOT / "spaces/vgg_fashion_mnist.py"), sets={"NUM_SAMPLES": 6, "MAX_MACS": 3e6}, smoke=True,
+                    data_dir=str(data_dir), storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True,
+                    final_front=True, final_seeds=1)  # fmt: skip
+    front = [row["trial_id"] for row in result.summary["front"]["macs"]]
+    assert [row["trial_id"] for row in result.summary["final"]["configs"]] == front
+    runs = [r for r in check_tracking(MlflowClient(uri), result, num_samples=6 + len(front))
+            if r.data.tags.get("stage") != "final"]  # fmt: skip
+    assert all(r.data.metrics["macs"] <= 3e6 and r.data.params["stride1"] == "2" for r in runs)
+    study = load_study(result.experiment_path)
+    assert any(t.constraints.get("macs", 0) > 0 for t in study.trials)  # over-budget proposals, refused
 
 
 def test_asha_stops_trials_and_optuna_sees_them_pruned(data_dir, tmp_path):
@@ -208,6 +245,40 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(moment, data
     assert {r.data.tags["trial_id"] for r in trial_runs} <= tune_trials
 
 
+def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_dir, tmp_path):
+    """Ctrl-C in a search's last wave, once the searcher has made all NUM_SAMPLES trials: Tune saves its record with
+    the trials RUNNING, then marks them TERMINATED in memory. The search took that for its end, chose a winner
+    from half-trained trials and called them `stopped_early` (seen in a notebook on a busy machine)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet",
+        "--name", "ctrl_c", "--storage", str(runs), "--tracking-uri", uri, "--data-dir", str(data_dir),
+        "--set", "NUM_SAMPLES=2", "--set", "MAX_CONCURRENT=2", "--set", "MAX_EPOCHS=8",
+        "--set", "GRACE_PERIOD=8",  # no trial stops early: each ends completed or interrupted
+    ]  # fmt: skip
+    driver = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    reported = lambda: [p for p in runs.glob("ctrl_c/*/result.json") if p.stat().st_size]  # noqa: E731
+    wait_for(lambda: len(reported()) == 2, 300, "both trials to report an epoch")
+    os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal: the driver and the local Ray it started
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130 and "interrupted: resume with" in err, err[-3000:]
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("vgg_fashion_mnist")
+    (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'ctrl_c'")
+    assert parent.info.status == "KILLED"
+    stopped = children(client, parent.info.run_id)
+    assert len(stopped) == 2 and {r.data.tags["outcome"] for r in stopped} == {"interrupted"}
+
+    resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trial_runs = children(client, parent.info.run_id)
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED" and len(trial_runs) == 2
+    assert [(r.data.tags["outcome"], r.data.tags["epoch"]) for r in trial_runs] == [("completed", "8")] * 2
+
+
 def test_final_retrains_report_mean_and_spread_over_seeds(data_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = search(
@@ -221,3 +292,162 @@ def test_final_retrains_report_mean_and_spread_over_seeds(data_dir, tmp_path):
     retrains = [r for r in children(client, result.parent_run_id) if r.data.tags.get("stage") == "final"]
     assert len(retrains) == 4 and {r.data.params["seed"] for r in retrains} == {"1", "2"}
     assert all(r.info.status == "FINISHED" and r.data.tags["outcome"] == "completed" for r in retrains)
+
+
+def test_patience_ends_a_search_that_stopped_improving(data_dir, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # no trial can beat the first by a whole 1.0 of accuracy: PATIENCE=2 ends the search after the third of 12
+    sets = {"NUM_SAMPLES": 12, "PATIENCE": 2, "MIN_DELTA": 1.0, "MAX_CONCURRENT": 1}
+    result = search(str(ROOT / "spaces/vgg_fashion_mnist.py"), sets=sets, smoke=True, data_dir=str(data_dir),
+                    storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True)  # fmt: skip
+    assert result.summary["converged_after"] == 3
+    assert len(result.results) in (3, 4)  # a fourth may have been pending when it converged
+    client = MlflowClient(uri)
+    check_tracking(client, result, num_samples=len(result.results))
+    assert client.get_run(result.parent_run_id).data.tags["state"] == "converged"
+    assert "converged after 3 trials: the last 2 did not beat the best val_acc" in report.format_summary(result.summary)
+
+
+def test_a_warm_started_search_begins_with_the_earlier_trials_that_fit(data_dir, tmp_path, capsys):
+    uri, runs = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "runs")
+    space = str(ROOT / "spaces/vgg_fashion_mnist.py")
+    first = search(space, smoke=True, name="first", data_dir=str(data_dir), storage=runs, tracking_uri=uri, quiet=True)
+    earlier = load_study(first.experiment_path).trials
+    fit = [t for t in earlier if t.state.name in ("COMPLETE", "PRUNED") and t.params["stride1"] == 2]
+
+    # the second search fixes the first pool's stride: only the first's stride-2 trials fit it
+    sets = {"NUM_SAMPLES": 2, "stride1": 2}
+    second = search(space, smoke=True, sets=sets, name="second", warm_start="first", data_dir=str(data_dir),
+                    storage=runs, tracking_uri=uri, quiet=True)  # fmt: skip
+    assert f"warm start: {len(fit)} of the 4 trials of first fit vgg_fashion_mnist.py" in capsys.readouterr().out
+    study = load_study(second.experiment_path)
+    assert len(study.trials) == len(fit) + 2
+    # the study holds the earlier trials that fit beside its own (START_WITH is enqueued first, at trial 0)
+    ran = [r.config["lr"] for r in second.results]
+    assert sorted(t.params["lr"] for t in study.trials) == sorted([t.params["lr"] for t in fit] + ran)
+    client = MlflowClient(uri)
+    check_tracking(client, second, num_samples=2)  # runs of the new trials only
+    assert client.get_run(second.parent_run_id).data.params["warm_start"] == "first"
+
+
+def test_resume_with_more_samples_extends_a_finished_search(data_dir, tmp_path):
+    uri, runs = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "runs")
+    space, common = str(ROOT / "spaces/vgg_fashion_mnist.py"), {"data_dir": str(data_dir), "quiet": True}
+    first = search(space, smoke=True, sets={"NUM_SAMPLES": 2}, name="ext", storage=runs, tracking_uri=uri, **common)
+    before = {r.metrics["trial_id"] for r in first.results}
+
+    more = search(space, num_samples=4, resume=True, name="ext", storage=runs, **common)
+    assert more.parent_run_id == first.parent_run_id  # the same parent run and the same study
+    assert {r.metrics["trial_id"] for r in more.results} >= before and len(more.results) == 4
+    assert len(load_study(more.experiment_path).trials) == 4
+    client = MlflowClient(uri)
+    check_tracking(client, more, num_samples=4)
+    assert client.get_run(more.parent_run_id).data.tags["extended.NUM_SAMPLES"] == "4"
+
+    # anything else a --resume would change is refused, before anything runs
+    with pytest.raises(UsageError, match=r"--resume ext: --set SEED=3 would change the search"):
+        search(space, sets={"SEED": 3}, resume=True, name="ext", storage=runs, **common)
+    with pytest.raises(UsageError, match=r"--resume ext: NUM_SAMPLES=3: it has 4 trials"):
+        search(space, num_samples=3, resume=True, name="ext", storage=runs, **common)
+    assert client.get_run(more.parent_run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("metric", sorted(METRICS_MODES))
+def test_every_metric_a_space_may_name_runs_end_to_end(metric, data_dir, tmp_path):
+    # METRIC = "val_top5" trained every trial and then failed in the early-stopping audit (KeyError).
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = search(
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets={"METRIC": metric, "NUM_SAMPLES": 2},
+        data_dir=str(data_dir), storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True,
+    )  # fmt: skip
+    parent = MlflowClient(uri).get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and f"best_{metric}" in parent.data.metrics
+
+
+def test_artifacts_live_beside_a_sqlite_store_not_in_the_working_folder(data_dir, tmp_path, monkeypatch):
+    # A Ray Job runs in a temporary folder: MLflow's default ./mlruns there lost the artifacts.
+    work, store = tmp_path / "elsewhere", tmp_path / "shared"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{store}/mlflow.db"
+    result = search(
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets={"NUM_SAMPLES": 2}, data_dir=str(data_dir),
+        storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True,
+    )  # fmt: skip
+    assert list(work.iterdir()) == []  # nothing scattered into the current folder
+    artifact_uri = MlflowClient(uri).get_run(result.parent_run_id).info.artifact_uri
+    assert artifact_uri.startswith((store / "mlartifacts").as_uri()), artifact_uri
+    assert (store / "mlartifacts").rglob("summary.json")
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "search.run", *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def test_without_address_a_private_ray_starts_whatever_the_machine_points_at(data_dir, tmp_path):
+    # A machine that ran Ray before points at a cluster that is gone: joining it hung for minutes.
+    dead = {"RAY_ADDRESS": "127.0.0.1:9"}
+    out = run_cli(
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--set", "NUM_SAMPLES=1", "--quiet",
+        "--data-dir", str(data_dir), "--storage", str(tmp_path / "runs"),
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", env=dead, timeout=400,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "best trial" in out.stdout
+
+
+def test_a_dead_cluster_address_fails_in_bounded_time_with_nothing_left_behind(data_dir, tmp_path):
+    start = time.monotonic()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = run_cli(
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--address", "127.0.0.1:9", "--quiet",
+        "--data-dir", str(data_dir), "--storage", str(tmp_path / "runs"), "--tracking-uri", uri, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1 and "127.0.0.1:9" in out.stderr, out.stderr
+    assert time.monotonic() - start < 90
+    assert not (tmp_path / "runs").exists()
+    runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    assert runs == []  # no parent run, RUNNING or otherwise
+
+
+@pytest.fixture
+def not_a_ray():
+    """A port that accepts connections and never answers, as another service or a hung GCS does."""
+    with socket.create_server(("0.0.0.0", 0), backlog=16) as server:
+        yield server
+
+
+def test_an_address_that_accepts_but_is_no_ray_fails_in_bounded_time(not_a_ray, data_dir, tmp_path):
+    """ray.init waited in Ray's C++ client, deaf to signals, for over 5 minutes."""
+    start, uri = time.monotonic(), f"sqlite:///{tmp_path}/mlflow.db"
+    out = run_cli(
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet", "--data-dir", str(data_dir),
+        "--address", f"127.0.0.1:{not_a_ray.getsockname()[1]}", "--storage", str(tmp_path / "runs"),
+        "--tracking-uri", uri, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1 and "no Ray GCS answered within 30 s" in out.stderr, out.stderr
+    assert time.monotonic() - start < 120  # 30 s of waiting, the rest start-up on 2 busy cores
+    assert not (tmp_path / "runs").exists()
+    assert MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]) == []
+
+
+def test_sigterm_while_connecting_stops_the_search_in_seconds(not_a_ray, data_dir, tmp_path):
+    cmd = [
+        sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet",
+        "--data-dir", str(data_dir), "--address", f"127.0.0.1:{not_a_ray.getsockname()[1]}",
+        "--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+    ]  # fmt: skip
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    not_a_ray.settimeout(120)
+    not_a_ray.accept()[0].close()  # the driver is connecting
+    time.sleep(2)
+    driver.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    _, err = driver.communicate(timeout=60)
+    assert time.monotonic() - start < 15, err
+    assert driver.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from search.run import main as run_main
 from search.space import SpaceError, load_space, parse_duration
 
 SPACES = sorted(Path(__file__).parents[1].joinpath("spaces").glob("*.py"))
@@ -32,15 +31,22 @@ def write(tmp_path: Path, body: str, name: str = "space.py") -> Path:
 @pytest.mark.parametrize("smoke", [False, True])
 def test_every_shipped_space_loads(path, smoke):
     space = load_space(path, smoke=smoke)
-    assert space.settings["NUM_SAMPLES"] >= 1 and space.params
+    assert space.settings.NUM_SAMPLES >= 1 and space.params
     if smoke:
-        assert space.settings["MAX_EPOCHS"] == 2 and space.settings["TRAIN_SUBSET"] == 512
+        assert space.settings.MAX_EPOCHS == 2 and space.settings.TRAIN_SUBSET == 512
+
+
+def test_objectives_make_their_first_the_metric(tmp_path):
+    space = load_space(write(tmp_path, GOOD + "OBJECTIVES = {'val_loss': 'min', 'latency_ms': 'min'}\n"))
+    assert (space.settings.METRIC, space.settings.MODE) == ("val_loss", "min")
+    assert space.settings.objectives == {"val_loss": "min", "latency_ms": "min"}
+    assert load_space(write(tmp_path, GOOD)).settings.objectives == {"val_acc": "max"}
 
 
 def test_overrides_fix_a_parameter_or_change_a_setting(tmp_path):
     space = load_space(write(tmp_path, GOOD), {"lr": 0.01, "NUM_SAMPLES": 3})
     assert "lr" not in space.params and space.fixed["lr"] == 0.01
-    assert space.settings["NUM_SAMPLES"] == 3
+    assert space.settings.NUM_SAMPLES == 3
     assert space.base_config()["lr"] == 0.01
 
 
@@ -67,6 +73,24 @@ def test_overrides_fix_a_parameter_or_change_a_setting(tmp_path):
         (
             GOOD + "SPACE['stride1'] = tune.choice([16, 32])\nFIXED = {'kernel1': 16, 'kernel2': 4}\n",
             "every architecture",
+        ),
+        (GOOD + "MAX_MACS = -1\n", r"MAX_MACS=-1.0: must not be negative"),
+        (GOOD + "OBJECTIVES = {'val_acc': 'max'}\n", r"OBJECTIVES=.*: .*needs at least two objectives"),
+        (GOOD + "OBJECTIVES = {'val_acc': 'max', 'flops': 'min'}\n", r"OBJECTIVES=.*unknown objective 'flops'"),
+        (GOOD + "OBJECTIVES = {'val_acc': 'max', 'macs': 'low'}\n", r"OBJECTIVES=.*macs: direction 'low'"),
+        (GOOD + "OBJECTIVES = {'macs': 'min', 'val_acc': 'max'}\n", r"OBJECTIVES=.*first objective is the metric"),
+        (
+            GOOD + "METRIC = 'val_loss'\nOBJECTIVES = {'val_acc': 'max', 'macs': 'min'}\n",
+            r"OBJECTIVES=.*the first objective \(val_acc: max\) must be METRIC and MODE \(val_loss: min\)",
+        ),
+        (
+            GOOD + "MAX_MACS = 1e6\n",
+            r"MAX_MACS=1e\+06: none of \d+ sampled configs fits \(the cheapest costs 1.36e\+08",
+        ),
+        (
+            GOOD + "SPACE['width1'] = tune.choice([8, 64])\nMAX_MACS = 1.2e8\nSTART_WITH = [{'lr': 0.01, "
+            "'optimizer': 'sgd', 'width1': 64}]\n",
+            r"START_WITH\[0\] costs 1.36e\+08 MACs per image, over MAX_MACS \(1.2e\+08\)",
         ),
         (GOOD + "SPACE = {}\n", "SPACE is empty"),
         ("DATASET = 'cifar10'\nMODEL = 'vgg7'\n", "no search space"),
@@ -125,38 +149,47 @@ def test_parse_duration(text, seconds):
     ("args", "message"),
     [
         (["{bad}"], "bad.py:2: syntax error"),
-        (["{good}", "--num-samples", "0"], "--num-samples 0: must be at least 1"),
-        (["{good}", "--max-epochs", "-1"], "--max-epochs -1: must be at least 1"),
+        (["{good}", "--num-samples", "0"], "--num-samples: must be an integer >= 1, got '0'"),
+        (["{good}", "--num-samples", "abc"], "--num-samples: must be an integer >= 1, got 'abc'"),
+        (["{good}", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["{good}", "--max-epochs", "-1"], "--max-epochs: must be an integer >= 1, got '-1'"),
         (["{good}", "--set", "lr"], "--set 'lr': expected key=value"),
         (["{good}", "--time-budget", "soon"], "TIME_BUDGET='soon'"),
         (["{good}", "--cpus-per-trial", "0.5"], "CPUS_PER_TRIAL=0.5"),
         (["{good}", "--resume", "--name", "nope"], "--resume nope: no such search"),
     ],
 )
-def test_cli_rejects_bad_input_before_starting_anything(tmp_path, args, message):
+def test_cli_rejects_bad_input_before_starting_anything(tmp_path, args, message, cli_exit, monkeypatch):
     good = write(tmp_path, GOOD)
     bad = write(tmp_path, "DATASET = 'cifar10'\nSPACE = {\n", "bad.py")
     argv = [a.format(good=good, bad=bad) for a in args]
-    out = subprocess.run(
-        [sys.executable, "-m", "search.run", *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120
-    )
-    assert out.returncode == 2, out.stderr
-    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli_exit(run_main, argv)
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()  # no MLflow run
     assert not (tmp_path / "runs").exists()  # no Ray, no Tune state
 
 
-def test_resume_refuses_a_changed_space_file(tmp_path):
+def test_resume_refuses_a_changed_space_file(tmp_path, cli_exit, monkeypatch):
     space = write(tmp_path, GOOD)
     state = tmp_path / "runs" / "old" / "search.json"
     state.parent.mkdir(parents=True)
     state.write_text(json.dumps({"space_path": str(space), "space_sha": "0" * 16, "overrides": {}, "smoke": False}))
-    out = subprocess.run(
-        [sys.executable, "-m", "search.run", str(space), "--resume", "--name", "old"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert out.returncode == 2
-    assert f"--resume old: it searched {space} as it was then; {space} has changed" in out.stderr
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli_exit(run_main, [space, "--resume", "--name", "old"])
+    assert code == 2
+    assert f"--resume old: it searched {space} as it was then; {space} has changed" in err
+
+
+@pytest.mark.parametrize("setting", ["MAX_EPOCHS = -1", "NUM_SAMPLES = 0"])
+def test_a_smoke_run_checks_the_files_own_settings_that_smoke_replaces(tmp_path, setting):
+    """--smoke is how a space file gets tried: a setting the real run would refuse must not pass unseen."""
+    with pytest.raises(SpaceError, match=setting.split()[0]):
+        load_space(write(tmp_path, GOOD + setting + "\n"), smoke=True)
+
+
+def test_a_fixed_value_wins_over_start_with(tmp_path):
+    """--set or --smoke fixing a parameter that START_WITH gives was refused ("must give every searched parameter")."""
+    space = load_space(write(tmp_path, GOOD + "START_WITH = [{'lr': 0.05, 'optimizer': 'sgd'}]\n"), {"lr": 0.01})
+    assert space.start_with() == [{"optimizer": "sgd"}]

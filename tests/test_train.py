@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 
+from search.errors import ConfigError
 from search.train import (
     OPTIMIZERS,
     SCHEDULERS,
@@ -20,6 +18,7 @@ from search.train import (
     save_checkpoint,
     train,
 )
+from search.train import main as train_main
 
 SMALL = {"width1": 8, "width2": 16, "fc1": 32}
 
@@ -104,7 +103,40 @@ def test_the_seeds_step_schedule_divides_by_three_every_twenty_epochs():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.3 / 9)
 
 
+@pytest.mark.parametrize("batch_size", [64, 256])
+def test_lr_per_lr_batch_examples_scales_with_the_batch(batch_size):
+    cfg = TrainConfig(scheduler="onecycle", lr=0.8, lr_batch=1024, batch_size=batch_size, epochs=1)
+    opt = build_optimizer(cfg, torch.nn.Linear(2, 2).parameters())
+    sched = build_scheduler(cfg, opt, 10)
+    assert sched.optimizer.param_groups[0]["max_lr"] == pytest.approx(0.8 * batch_size / 1024)
+    assert TrainConfig(lr=0.8, batch_size=batch_size).step_lr == 0.8  # lr_batch 0: lr as given
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("lr", [0.01, 0.3])
+def test_decoupled_weight_decay_per_step_does_not_move_with_lr(optimizer, lr):
+    # with zero gradients a step only decays: by weight_decay (x batch_size / lr_batch) at the peak, whatever lr
+    layer = torch.nn.Linear(4, 4, bias=False)
+    before = layer.weight.detach().clone()
+    cfg = TrainConfig(optimizer=optimizer, lr=lr, weight_decay=0.08, decoupled_wd=True, lr_batch=512, batch_size=256)
+    opt = build_optimizer(cfg, layer.parameters())
+    layer.weight.grad = torch.zeros_like(layer.weight)
+    opt.step()
+    assert torch.allclose(layer.weight, before * (1 - 0.08 * 256 / 512))
+    coupled = build_optimizer(TrainConfig(optimizer=optimizer, lr=lr, weight_decay=0.08), layer.parameters())
+    assert coupled.param_groups[0]["weight_decay"] == 0.08  # the old meaning stays the default
+
+
 def test_bad_config_names_the_key():
+    with pytest.raises(ConfigError, match="decoupled_wd: for sgd and adamw only, not optimizer 'adam'"):
+        TrainConfig(optimizer="adam", decoupled_wd=True, dataset="cifar10").validate()
+    with pytest.raises(ConfigError, match="lr_batch: must be >= 0"):
+        TrainConfig(lr_batch=-1, dataset="cifar10").validate()
+    # ConfigError: one of the project's own errors (one line at the CLI), still a ValueError for callers
+    with pytest.raises(ConfigError, match="val_fraction: must be between 0 and 1"):
+        TrainConfig(val_fraction=1.0, dataset="cifar10").validate()
+    with pytest.raises(ConfigError, match="train_subset: must be >= 0"):
+        TrainConfig(train_subset=-5, dataset="cifar10").validate()
     with pytest.raises(ValueError, match="optimizer: unknown 'sgdd'"):
         TrainConfig(optimizer="sgdd", dataset="cifar10").validate()
     with pytest.raises(ValueError, match="lr: must be > 0"):
@@ -135,13 +167,13 @@ def test_checkpoints_are_verified(fashion_dir, tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def test_cli_trains_and_reports(fashion_dir, tmp_path):
-    cmd = [sys.executable, "-m", "search.train", "--model", "vgg7", "--dataset", "fashion_mnist",
-           "--data-dir", str(fashion_dir), "--epochs", "1", "--batch-size", "32", "--no-augment",
-           "--set", "width1=8", "--set", "width2=16", "--set", "fc1=32", "--out", str(tmp_path / "out")]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "epoch   1" in out.stdout and "test_acc" in out.stdout
+def test_cli_trains_and_reports(fashion_dir, tmp_path, cli_exit):
+    argv = ["--model", "vgg7", "--dataset", "fashion_mnist", "--data-dir", fashion_dir, "--epochs", "1",
+            "--batch-size", "32", "--no-augment", "--set", "width1=8", "--set", "width2=16", "--set", "fc1=32",
+            "--out", tmp_path / "out"]  # fmt: skip
+    code, out, _ = cli_exit(train_main, argv)
+    assert code == 0
+    assert "epoch   1" in out and "test_acc" in out
     assert (tmp_path / "out" / "checkpoint.pt").exists() and (tmp_path / "out" / "metrics.json").exists()
 
 
@@ -152,10 +184,28 @@ def test_cli_trains_and_reports(fashion_dir, tmp_path):
         (["--epochs", "x"], "epochs: expected int"),
         (["--set", "width1"], "expected key=value"),
         (["--model", "vgg16", "--dataset", "fashion_mnist"], "block 5 max-pool"),
+        (["--resume", "missing.pt"], "missing.pt: no such checkpoint"),  # a CheckpointError, one line
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),  # not argparse's usage block
+        (["--val-fraction", "1.5"], "val_fraction: must be between 0 and 1"),
     ],
 )
-def test_cli_errors_are_one_line(args, message, fashion_dir):
-    cmd = [sys.executable, "-m", "search.train", "--data-dir", str(fashion_dir), "--dataset", "cifar10", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2
-    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+def test_cli_errors_are_one_line(args, message, fashion_dir, cli_exit):
+    code, _, err = cli_exit(train_main, ["--data-dir", fashion_dir, "--dataset", "cifar10", *args])
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("values", "augment"),
+    [
+        ({"dataset": "cifar100"}, True),  # crops and flips suit 32x32 photos
+        ({"dataset": "fashion_mnist"}, False),  # not 28x28 garments in a short run
+        ({"dataset": "fashion_mnist", "augment": "true"}, True),  # asked for: kept
+        ({"dataset": "cifar10", "augment": False}, False),
+        ({"dataset": "fashion_mnist", "augment": None}, False),  # a config that left it unset
+    ],
+)
+def test_augmentation_defaults_to_what_suits_the_dataset(values, augment):
+    config = TrainConfig.from_dict(values)
+    assert config.augment is augment
+    assert config.flat()["augment"] is augment  # what MLflow logs is the value used, never None

@@ -13,6 +13,7 @@ GRACE_PERIOD = 1
 REDUCTION_FACTOR = 3  # rungs at epochs 1, 3 and 9
 NUM_SAMPLES = 30
 MAX_CONCURRENT = 2  # one trial per core of a 2-core machine
+AUDIT_FRACTION = 0  # bare Tune has no audit controls: the same trials and epochs on both sides
 SEED = 0
 
 SPACE = {

@@ -1,0 +1,63 @@
+"""The final retrains: the best configs trained again from scratch with new seeds, tested on the test set.
+
+A winner can be an accident of one seed; the spread over seeds says how much of its lead is real. They run as
+their own Tune experiment beside the search (`NAME-final`, so --resume continues them too), each a child run of
+the search's parent tagged stage=final.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from search.cluster import concurrency
+from search.report import plain
+from search.state import SearchJob
+from search.tracking import LiveTracking, sync, unfinished_trials
+from search.train import evaluate_test, model_from_checkpoint
+from search.trainable import CHECKPOINT_FILE, trainable
+from search.tuner import build_tuner, fit
+
+
+def retrain(job: SearchJob, top: pd.DataFrame, params: list[str], seeds: int) -> dict:
+    """Retrains each row of `top` (trials) with `seeds` new seeds for the full epoch budget.
+
+    Returns:
+        {"configs": [{trial_id, seeds, test_acc_mean, test_acc_std}], "experiment_path": ...}
+    """
+    s = job.space.settings
+    variants = [
+        {**{p: plain(row[p]) for p in params}, "seed": s.SEED + 1 + i, "source_trial": row.trial_id}
+        for _, row in top.iterrows()
+        for i in range(seeds)
+    ]
+    path = f"{job.path}-final"
+    tracking = LiveTracking(job.client.tracking_uri, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final")
+    tuner = build_tuner(
+        job.space, trainable, path=path, search=False, max_concurrent=concurrency(s), callbacks=[tracking],
+        param_space={**job.space.base_config(job.data_dir), "variant": {"grid_search": variants}},
+    )  # fmt: skip
+    retrained = fit(tuner)
+    if unfinished_trials(path):
+        raise KeyboardInterrupt  # Tune stopped on Ctrl-C or SIGTERM and saved its state: --resume continues them
+    sync(path, job.client, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final")
+    rows = []
+    for r in retrained:
+        if r.checkpoint is None or r.error is not None:
+            continue
+        model, config = model_from_checkpoint(Path(r.checkpoint.path) / CHECKPOINT_FILE)
+        config.data_dir = job.data_dir
+        rows.append({"source": r.config["variant"]["source_trial"], **evaluate_test(model, config)})
+    by_source = pd.DataFrame(rows).groupby("source", sort=False).test_acc if rows else []
+    configs = [
+        {
+            "trial_id": trial_id, "seeds": int(acc.count()), "test_acc_mean": round(float(acc.mean()), 4),
+            "test_acc_std": round(float(acc.std(ddof=1)) if acc.count() > 1 else 0.0, 4),
+        }
+        for trial_id, acc in by_source
+    ]  # fmt: skip
+    for row in configs:
+        job.client.log_metric(job.parent_run_id, f"final.{row['trial_id']}.test_acc_mean", row["test_acc_mean"])
+        job.client.log_metric(job.parent_run_id, f"final.{row['trial_id']}.test_acc_std", row["test_acc_std"])
+    return {"configs": configs, "experiment_path": path}

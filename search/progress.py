@@ -1,0 +1,109 @@
+"""What a person sees while a search runs: its cost up front, then a live table with where it stands.
+
+The table is Ray's CLIReporter with the trials' outcome as they end (not as they last reported) and one more
+line: trials done, running and queued, the best so far, the elapsed time, and an estimate of the time left from
+the measured epoch times and the epochs ASHA is expected to run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ray import tune
+from ray.tune.experiment import Trial
+
+from search.searcher import outcome_of
+from search.space import Settings
+
+
+def rung_epochs(settings: Settings) -> list[int]:
+    """The epochs at which ASHA compares trials."""
+    epochs, rung = [], settings.GRACE_PERIOD
+    while rung < settings.MAX_EPOCHS:
+        epochs.append(rung)
+        rung *= settings.REDUCTION_FACTOR
+    return epochs
+
+
+def expected_epochs(settings: Settings) -> float:
+    """Epochs a trial runs on average under ASHA: all to the first rung, 1/REDUCTION_FACTOR past each next one.
+
+    The audit's controls (AUDIT_FRACTION of the trials) always run in full.
+    """
+    s, epochs, done = settings, 0.0, 0
+    for k, rung in enumerate([*rung_epochs(s), s.MAX_EPOCHS]):
+        epochs += (rung - done) / s.REDUCTION_FACTOR**k
+        done = rung
+    return s.AUDIT_FRACTION * s.MAX_EPOCHS + (1 - s.AUDIT_FRACTION) * epochs
+
+
+def cost_line(settings: Settings, concurrency: int) -> str:
+    """The search's budget before it starts, in trials and epochs."""
+    s = settings
+    expected = expected_epochs(s) * s.NUM_SAMPLES
+    return (
+        f"budget: {s.NUM_SAMPLES} trials x up to {s.MAX_EPOCHS} epochs = at most {s.NUM_SAMPLES * s.MAX_EPOCHS} "
+        f"epochs; ASHA expects about {expected:.0f}; {concurrency} trials at once"
+        + (f"; time budget {s.TIME_BUDGET}" if s.TIME_BUDGET else "")
+        + "; the live table estimates hours once the first epochs are timed"
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
+
+
+class SearchReporter(tune.CLIReporter):
+    """Ray's table plus a status line; ended trials show how they ended."""
+
+    def __init__(self, settings: Settings, searched: list[str], concurrency: int) -> None:
+        s = settings
+        super().__init__(
+            metric_columns={"epoch": "epoch", s.METRIC: s.METRIC, "macs": "MACs", "outcome": "outcome"},
+            parameter_columns=searched[:6] or None,
+            # sorted here, not by Ray: its sort fails on two trials that ended before their first result (a time
+            # budget stopping trials that had just started), which ended a finished search with a TypeError
+            max_report_frequency=30, sort_by_metric=False, metric=s.METRIC, mode=s.MODE,
+            # Ray decides from its global verbosity when the reporter is built, which an earlier run in the same
+            # process (a notebook's first search, the final retrains) leaves too low for rows: the table was empty
+            print_intermediate_tables=True,
+        )  # fmt: skip
+        self.settings, self.concurrency, self.start = settings, concurrency, time.time()
+
+    def report(self, trials: list[Trial], done: bool, *sys_info: str) -> None:
+        for trial in trials:
+            if trial.status in (Trial.TERMINATED, Trial.ERROR) and trial.last_result:
+                trial.last_result["outcome"] = outcome_of(
+                    trial.last_result, self.settings.MAX_EPOCHS, trial.status == Trial.ERROR
+                )
+        super().report(sorted(trials, key=self._rank), done, *sys_info, self.status_line(trials))
+
+    def _rank(self, trial: Trial) -> tuple[bool, float]:
+        """Best first; trials without the metric yet last."""
+        value = (trial.last_result or {}).get(self.settings.METRIC)
+        if value is None or value != value:  # none yet, or NaN
+            return True, 0.0
+        return False, -value if self.settings.MODE == "max" else value
+
+    def status_line(self, trials: list[Trial]) -> str:
+        s = self.settings
+        ended = [t for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)]
+        running = [t for t in trials if t.status == Trial.RUNNING]
+        queued = s.NUM_SAMPLES - len(ended) - len(running)
+        scores = [t.last_result[s.METRIC] for t in trials if t.last_result and s.METRIC in t.last_result]
+        best = (max if s.MODE == "max" else min)(scores) if scores else None
+        line = f"trials: {len(ended)} done, {len(running)} running, {queued} queued"
+        line += f" | best {s.METRIC} {best:.4f}" if best is not None else ""
+        line += f" | elapsed {_duration(time.time() - self.start)}"
+        times = [t.last_result["epoch_seconds"] for t in trials if t.last_result and "epoch_seconds" in t.last_result]
+        if times:
+            per_epoch = sorted(times)[len(times) // 2]
+            expected = expected_epochs(s)
+            left = queued * expected + sum(max(0.0, expected - t.last_result.get("epoch", 0)) for t in running)
+            line += f" | about {_duration(left * per_epoch / max(1, self.concurrency))} left"
+        return line

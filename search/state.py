@@ -1,0 +1,101 @@
+"""What identifies a search: the values that travel together through it, and its state file.
+
+`search.json` sits beside Tune's own state in the search's folder: which space file (and its fingerprint), the
+overrides, and where its MLflow records are, so --resume and `python -m search.tracking sync` find them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from search.errors import UsageError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from search.space import Space
+
+STATE_FILE = "search.json"
+
+
+@dataclass
+class SearchState:
+    """The contents of search.json."""
+
+    space_path: str
+    space_sha: str
+    overrides: dict
+    smoke: bool = False
+    data_dir: str = ""
+    experiment: str = ""
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    max_epochs: int = 0
+
+
+@dataclass
+class SearchJob:
+    """One search, as every step after preparing it sees it.
+
+    Attributes:
+        space: the loaded space file.
+        name: the search's name; its folder is `storage/name`.
+        storage: local path or URI for Tune's state and checkpoints.
+        data_dir: where the dataset lives on every node ("" = the default).
+        client: the MLflow client of its store.
+        experiment_id: its MLflow experiment.
+        parent_run_id: its MLflow parent run.
+        warm_start: finished trials of an earlier search that TPE starts from (a new search only).
+    """
+
+    space: Space
+    name: str
+    storage: str
+    data_dir: str
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str
+    warm_start: list = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.storage, self.name)
+
+    @property
+    def resume_command(self) -> str:
+        return f"python -m search.run {self.space.path} --resume --name {self.name}"
+
+
+def state_path(storage: str, name: str) -> Path:
+    if "://" in storage:
+        raise UsageError("remote --storage: keep search state on a shared path for now (an NFS mount)")
+    return Path(storage, name, STATE_FILE)
+
+
+def read_state(folder: Path) -> SearchState:
+    """Reads a search folder's search.json.
+
+    Raises:
+        UsageError: no search.json there, or one this version cannot read.
+    """
+    path = Path(folder, STATE_FILE)
+    if not path.exists():
+        raise UsageError(f"{folder}: not a search folder (no {STATE_FILE})")
+    try:
+        return SearchState(**json.loads(path.read_text()))
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: unreadable search state ({exc})") from None
+
+
+def write_state(folder: Path, state: SearchState) -> None:
+    """Writes search.json atomically: a crash leaves the old file or the new one, never half of one."""
+    path = Path(folder, STATE_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    os.replace(tmp, path)

@@ -1,0 +1,196 @@
+"""The Tune wiring of a search: one `build_tuner` for the search, its final retrains and the benchmarks.
+
+ASHA stops weak trials early, except a seeded random few (`AUDIT_FRACTION`) that always run in full: the audit
+compares their early and final rankings without the range restriction of looking only at ASHA's survivors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import random
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.fs
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search import SearchGenerator
+from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
+
+from search.searcher import make_searcher
+from search.space import Space
+
+
+def is_control(seed: int, trial_id: str, fraction: float) -> bool:
+    """Whether a trial is one of the audit's controls: a seeded coin flip per trial id, the same everywhere."""
+    return fraction > 0 and random.Random(f"{seed}:{trial_id}").random() < fraction
+
+
+class AuditedASHA(ASHAScheduler):
+    """ASHA that lets its control trials (see `is_control`) run to the end; they still count in its rungs."""
+
+    def __init__(self, *, seed: int, audit_fraction: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seed, self.audit_fraction = seed, audit_fraction
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP and is_control(self.seed, trial.trial_id, self.audit_fraction):
+            return TrialScheduler.CONTINUE
+        return decision
+
+
+def converged_after(values: list[float | None], mode: str, patience: int, min_delta: float) -> int | None:
+    """How many trials (in the order they ended) it took for `patience` in a row not to beat the best by more
+    than `min_delta`; None if that never happened. A trial without the metric (crashed first) does not beat it."""
+    best, since = None, 0
+    for i, value in enumerate(values, 1):
+        gain = None if value is None or best is None else (value - best if mode == "max" else best - value)
+        if value is not None and math.isfinite(value) and (best is None or gain > min_delta):
+            best, since = value, 0
+        else:
+            since += 1
+        if patience and since >= patience:
+            return i
+    return None
+
+
+class Converged(tune.Stopper, tune.Callback):
+    """Ends the search (every trial) once `converged_after` says so; Tune passes it as both stopper and callback.
+
+    Tune's ExperimentPlateauStopper watches the spread of the top results epoch by epoch, which ASHA's early
+    epochs make noisy; this counts whole trials, as a person watching the search would.
+    """
+
+    def __init__(self, metric: str, mode: str, patience: int, min_delta: float) -> None:
+        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+        self.ended: list[float | None] = []
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self.ended.append((trial.last_result or {}).get(self.metric))
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self.ended.append(None)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return converged_after(self.ended, self.mode, self.patience, self.min_delta) is not None
+
+
+def fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """`tuner.fit()`, leaving Ctrl-C as it found it.
+
+    Tune catches the first SIGINT of a run to save its state and return early, and leaves that handler installed
+    after the run: a Ctrl-C during the final evaluation (or in a notebook, any later cell) would be swallowed.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return tuner.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
+
+
+def has_snapshot(path: str | os.PathLike) -> bool:
+    """Whether Tune wrote an experiment snapshot at `path` (a folder or a URI): what a resume continues from.
+
+    Not `Tuner.can_restore`, which looks for tuner.pkl: Tune writes that when the Tuner is built, before any
+    snapshot, and a Tuner restored from it alone starts over with its searcher in whatever state it was pickled.
+    """
+    path = str(path)
+    fs, root = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
+    found = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    return any(posixpath.basename(f.path).startswith("experiment_state-") for f in found)
+
+
+def _run_to(path: str, num_samples: int) -> None:
+    """Lets a restored experiment create trials up to `num_samples` (a --resume that extends a search).
+
+    Tune keeps the count it began with in its search generator's state and offers no way to change it on
+    restore, so the newest state file (Tune's own, in this search's folder) gets the new count.
+    """
+    if "://" in path:
+        return  # remote storage is refused for resumable state anyway (see search.state)
+    files = sorted(Path(path).glob(SearchGenerator.CKPT_FILE_TMPL.format("*")))
+    state = _load_newest_checkpoint(path, SearchGenerator.CKPT_FILE_TMPL.format("*"))
+    if not files or state is None or state["total_samples"] >= num_samples:
+        return
+    state.update(total_samples=num_samples, finished=False)
+    _atomic_save(state, path, files[-1].name, f"tmp-{files[-1].name}")
+
+
+def _trial_dirname(trial: Trial) -> str:
+    return trial.trial_id  # not Tune's default, the whole config spelled out in a path
+
+
+def build_tuner(
+    space: Space,
+    trainable: Callable,
+    *,
+    path: str,
+    param_space: dict,
+    max_concurrent: int,
+    callbacks: list | None = None,
+    search: bool = True,
+    reporter: tune.ProgressReporter | None = None,
+    warm_start: list | None = None,
+) -> tune.Tuner:
+    """A Tuner for the experiment at `path`, restored from it when it holds one (--resume).
+
+    Args:
+        space: the loaded space file: resources, budget, ASHA's rungs and the searcher come from its settings.
+        trainable: the function each trial runs.
+        path: the experiment's folder, storage/name.
+        param_space: what every trial gets; for the final retrains, a grid over whole configs.
+        max_concurrent: trials at once.
+        callbacks: Tune callbacks (live tracking).
+        search: TPE + ASHA over NUM_SAMPLES trials; False runs `param_space` as given (the final retrains).
+        reporter: the live table; None prints nothing.
+        warm_start: trials of an earlier search TPE starts from (see `search.searcher.warm_trials`).
+    """
+    s = space.settings
+    fn = tune.with_resources(trainable, {"cpu": s.CPUS_PER_TRIAL, "gpu": s.GPUS_PER_TRIAL})
+    if has_snapshot(path):
+        if search:
+            _run_to(path, s.NUM_SAMPLES)
+        # param_space is not restored from the experiment: trials created from now on need it again
+        return tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=False, param_space=param_space)
+    stopper = None
+    tune_config = tune.TuneConfig(
+        reuse_actors=True,  # one worker process, one dataset load, many trials
+        trial_dirname_creator=_trial_dirname,
+        max_concurrent_trials=None if search else max_concurrent,
+    )
+    if search:
+        tune_config.search_alg = make_searcher(space, max_concurrent, warm_start)
+        tune_config.scheduler = AuditedASHA(
+            time_attr="epoch", metric=s.METRIC, mode=s.MODE, max_t=s.MAX_EPOCHS, grace_period=s.GRACE_PERIOD,
+            reduction_factor=s.REDUCTION_FACTOR, seed=s.SEED, audit_fraction=s.AUDIT_FRACTION,
+        )  # fmt: skip
+        tune_config.num_samples = s.NUM_SAMPLES
+        tune_config.time_budget_s = s.time_budget_s
+        if s.PATIENCE:
+            stopper = Converged(s.METRIC, s.MODE, s.PATIENCE, s.MIN_DELTA)
+            callbacks = [*(callbacks or []), stopper]
+    return tune.Tuner(
+        fn,
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=posixpath.basename(path),
+            storage_path=posixpath.dirname(path),  # a URI (s3://...) too, which pathlib would mangle
+            callbacks=callbacks or [],
+            stop=stopper,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if search else 1),
+            failure_config=tune.FailureConfig(max_failures=s.MAX_FAILURES),
+            progress_reporter=reporter,
+            verbose=1 if reporter else 0,
+        ),
+    )

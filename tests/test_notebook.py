@@ -1,0 +1,138 @@
+"""The Python API in a real Jupyter kernel (nbclient + ipykernel), as the course's students use it: train one
+config, run a search twice from one re-run cell, interrupt a search (the kernel's interrupt, Jupyter's stop
+button) and resume it, and a mistake in a space file, which must raise the project's own exception with one line
+and leave the kernel alive (never SystemExit)."""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from mlflow.tracking import MlflowClient
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from search.fake_data import write_fake
+
+pytestmark = pytest.mark.slow  # three searches in a kernel: minutes
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "spaces" / "vgg_fashion_mnist.py"
+SMOKE_TRIALS = 4  # search.space.SMOKE_DEFAULTS["NUM_SAMPLES"]
+
+
+class Kernel:
+    """One live kernel; `run(source)` executes a cell and returns its printed output."""
+
+    def __init__(self, client: NotebookClient):
+        self.client = client
+
+    def run(self, source: str) -> str:
+        self.cell = nbformat.v4.new_code_cell(textwrap.dedent(source))
+        self.client.nb.cells.append(self.cell)
+        self.client.execute_cell(self.cell, len(self.client.nb.cells) - 1)
+        return self.printed()
+
+    def printed(self) -> str:
+        """What the last cell printed so far, its stderr included (Tune's and the product's messages)."""
+        return "".join(o.get("text", "") for o in self.cell.outputs if o.output_type == "stream")
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory):
+    root = tmp_path_factory.mktemp("notebook")
+    write_fake("fashion_mnist", str(root / "data"), train=640, test=100)
+    client = NotebookClient(
+        nbformat.v4.new_notebook(), timeout=600, kernel_name="python3", resources={"metadata": {"path": str(root)}}
+    )
+    with client.setup_kernel():
+        kernel = Kernel(client)
+        kernel.root = root
+        kernel.run(f"""
+            from search.run import search
+            from search.train import TrainConfig, train
+            from search.errors import SpaceError
+            OPTIONS = dict(smoke=True, quiet=True, data_dir="data", storage="runs",
+                           tracking_uri="sqlite:///{root}/mlflow.db", sets={{"MAX_CONCURRENT": 2}})
+        """)
+        yield kernel
+        kernel.run("import ray; ray.shutdown()")
+
+
+def test_train_runs_in_a_kernel(kernel):
+    out = kernel.run("""
+        result = train(TrainConfig(model="vgg7", dataset="fashion_mnist", data_dir="data", epochs=1,
+                                   train_subset=256, batch_size=64))
+        print("outcome", result.outcome, "epochs", result.epoch)
+    """)
+    assert "outcome completed epochs 1" in out
+
+
+def test_a_search_cell_runs_twice_in_one_kernel(kernel):
+    cell = f"""
+        result = search("{SPACE}", **OPTIONS)
+        print("parent", result.parent_run_id, "trials", len(result.results))
+    """
+    parents = []
+    for _ in range(2):  # the same cell, run again
+        out = kernel.run(cell)
+        assert f"trials {SMOKE_TRIALS}" in out, out
+        parents.append(out.split("parent ")[1].split()[0])
+        time.sleep(1)  # a new default name (space + start time, to the second)
+    client = MlflowClient(f"sqlite:///{kernel.root}/mlflow.db")
+    assert len(set(parents)) == 2
+    assert all(client.get_run(p).info.status == "FINISHED" for p in parents)
+
+
+def test_an_interrupted_search_resumes_in_the_same_kernel(kernel):
+    runs = kernel.root / "runs"
+    interrupted = threading.Event()
+
+    def interrupt_once_trials_report():  # the stop button, while trials are training
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if any(p.stat().st_size for p in runs.glob("interrupted/*/result.json")):
+                asyncio.run(kernel.client.km.interrupt_kernel())  # as Jupyter does: SIGINT to the kernel
+                interrupted.set()
+                return
+            time.sleep(0.5)
+
+    interrupter = threading.Thread(target=interrupt_once_trials_report, daemon=True)
+    interrupter.start()
+    with pytest.raises(CellExecutionError) as stopped:
+        kernel.run(f'search("{SPACE}", name="interrupted", **OPTIONS)')
+        pytest.fail(f"the search ran to its end; interrupted: {interrupted.is_set()}; it printed:\n{kernel.printed()}")
+    interrupter.join()
+    assert stopped.value.ename == "KeyboardInterrupt", stopped.value.evalue
+
+    out = kernel.run(f"""
+        result = search("{SPACE}", name="interrupted", resume=True, **OPTIONS)
+        print("trials", len(result.results), "status", result.results.num_terminated)
+    """)
+    assert f"trials {SMOKE_TRIALS} status {SMOKE_TRIALS}" in out, out
+    client = MlflowClient(f"sqlite:///{kernel.root}/mlflow.db")
+    parent = client.search_runs(
+        [client.get_experiment_by_name("vgg_fashion_mnist").experiment_id], "attributes.run_name = 'interrupted'"
+    )
+    assert [p.info.status for p in parent] == ["FINISHED"]  # one parent: the resumed search kept it
+
+
+def test_a_bad_space_file_raises_the_projects_error_and_the_kernel_lives_on(kernel):
+    bad = kernel.root / "bad_space.py"
+    bad.write_text(SPACE.read_text().replace('METRIC = "val_acc"', 'METRIC = "val_accuracy"'))
+    with pytest.raises(CellExecutionError) as error:
+        kernel.run(f'search("{bad}", **OPTIONS)')
+    assert error.value.ename == "SpaceError", error.value.ename
+    assert "\n" not in error.value.evalue and "bad_space.py" in error.value.evalue, error.value.evalue
+    out = kernel.run("""
+        try:
+            search("missing_space.py", **OPTIONS)
+        except SpaceError as e:
+            print("caught:", e)
+    """)
+    assert "caught:" in out and "missing_space.py" in out

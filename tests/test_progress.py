@@ -1,0 +1,51 @@
+"""search.progress: what a search is expected to cost under ASHA, and the live table."""
+
+from __future__ import annotations
+
+import pytest
+from ray import tune
+from tune_fakes import one_or_two_epochs, one_result
+
+from search.progress import SearchReporter, cost_line, expected_epochs, rung_epochs
+from search.space import Settings
+
+
+def settings(**values) -> Settings:
+    return Settings.check("space.py", {"DATASET": "cifar10", "MODEL": "vgg7", **values})
+
+
+def test_rungs_and_expected_epochs_follow_asha():
+    s = settings(MAX_EPOCHS=27, GRACE_PERIOD=1, REDUCTION_FACTOR=3, AUDIT_FRACTION=0.0)
+    assert rung_epochs(s) == [1, 3, 9]
+    # all reach epoch 1, a third run to 3, a ninth to 9, a 27th to 27
+    assert expected_epochs(s) == pytest.approx(1 + 2 / 3 + 6 / 9 + 18 / 27)
+    audited = settings(MAX_EPOCHS=27, GRACE_PERIOD=1, REDUCTION_FACTOR=3, AUDIT_FRACTION=0.5)
+    assert expected_epochs(audited) == pytest.approx(0.5 * 27 + 0.5 * expected_epochs(s))
+
+
+def test_cost_line_names_the_budget():
+    line = cost_line(settings(NUM_SAMPLES=40, MAX_EPOCHS=30, TIME_BUDGET="2h"), 4)
+    assert "40 trials x up to 30 epochs = at most 1200 epochs" in line and "4 trials at once" in line
+    assert "time budget 2h" in line
+
+
+def test_the_live_table_shows_how_ended_trials_ended_and_where_the_search_stands(tmp_path, capsys, local_ray):
+    """The table said `outcome: running` for trials that had TERMINATED; two trials that ended before their first
+    result (a time budget stops trials that just started) ended a finished search with a TypeError in its sort;
+    a second search in one process (a notebook's re-run cell) showed a table without rows."""
+    tune.Tuner(one_result, run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()  # the first run
+    s = settings(NUM_SAMPLES=4, MAX_EPOCHS=2, GRACE_PERIOD=1, REDUCTION_FACTOR=2)
+    tune.Tuner(
+        one_or_two_epochs,
+        # the second ends after epoch 1 (stopped early), the last two before reporting anything
+        param_space={"epochs": tune.grid_search([2, 1, 0, 0])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), progress_reporter=SearchReporter(s, ["epochs"], 1), verbose=1
+        ),  # fmt: skip
+    ).fit()
+    table = capsys.readouterr().out.split("Trial status")[-1]  # the last table, after every trial ended
+    assert "completed" in table and "stopped_early" in table and "running" not in table.split("outcome")[-1]
+    assert "trials: 4 done, 0 running, 0 queued | best val_acc 0.2000 | elapsed " in table
+    rows = [row for row in table.split("Number of trials:")[-1].splitlines() if row.startswith("| one_or_two")]
+    assert len(rows) == 4 and "0.2" in rows[0] and "0.1" in rows[1]  # best first, the ones without a result last

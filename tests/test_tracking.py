@@ -1,0 +1,215 @@
+"""search.tracking: `sync` makes a real sqlite MLflow store agree with a real Tune experiment folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+from tune_fakes import fake_trial, fake_trial_variant
+
+from search import mlflow_ui
+from search.data import load_splits
+from search.fake_data import write_fake
+from search.state import SearchState, write_state
+from search.tracking import LiveTracking, child_runs, ensure_experiment, start_parent, sync
+from search.tracking import main as tracking_main
+from search.tuner import has_snapshot
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, local_ray) -> Path:
+    """A real Tune experiment: two trials run in full, one stops at epoch 2, one crashes at epoch 2."""
+    root = tmp_path_factory.mktemp("tune")
+    grid = [{"x": 0.0, "epochs": 3}, {"x": 0.5, "epochs": 3}, {"x": 0.2, "epochs": 2}, {"x": 0.1, "epochs": 3,
+            "crash_at": 2}]  # fmt: skip
+    tune.Tuner(
+        fake_trial_variant,
+        param_space={"variant": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: t.trial_id, reuse_actors=True),
+        run_config=tune.RunConfig(name="exp", storage_path=str(root), verbose=0),
+    ).fit()
+    return root / "exp"
+
+
+@pytest.fixture
+def store(sqlite_uri):
+    client = MlflowClient(sqlite_uri)
+    experiment_id = ensure_experiment(client, "sync")
+    parent = start_parent(client, experiment_id, "search", {"a": 1}, {}, {})
+    return client, experiment_id, parent
+
+
+def snapshot(client, experiment_id, parent) -> dict:
+    runs = child_runs(client, experiment_id, parent, "search")
+    return {
+        t: (
+            r.info.status,
+            r.data.tags.get("outcome"),
+            [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")],
+        )  # fmt: skip
+        for t, r in runs.items()
+    }
+
+
+def test_sync_builds_one_complete_run_per_trial_and_is_idempotent(experiment, store):
+    client, experiment_id, parent = store
+    changed = sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    assert changed["created"] == 4 and changed["ended"] == 4
+    state = snapshot(client, experiment_id, parent)
+    assert sorted(state.values()) == sorted([
+        ("FINISHED", "completed", [1, 2, 3]), ("FINISHED", "completed", [1, 2, 3]),
+        ("KILLED", "stopped_early", [1, 2]), ("FAILED", "errored", [1]),
+    ])  # fmt: skip
+    errored = next(r for r in child_runs(client, experiment_id, parent, "search").values()
+                   if r.data.tags["outcome"] == "errored")  # fmt: skip
+    assert "boom at epoch 2" in errored.data.tags["error"]
+    assert sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS) == {
+        "created": 0, "epochs": 0, "ended": 0, "deleted": 0,
+    }  # fmt: skip
+    assert snapshot(client, experiment_id, parent) == state
+
+
+def test_sync_fills_what_live_logging_missed_and_deletes_runs_of_unknown_trials(experiment, store):
+    client, experiment_id, parent = store
+    trial_id = sorted(p.name for p in experiment.iterdir() if (p / "result.json").exists())[0]
+    # live logging got epoch 1 of one trial in before the store went away; a killed driver left an orphan
+    for tid, epochs in ((trial_id, 1), ("orphan", 2)):
+        run = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "trial_id": tid,
+                                                     "stage": "search"})  # fmt: skip
+        client.log_batch(run.info.run_id, metrics=[Metric("val_acc", 0.1, 0, e) for e in range(1, epochs + 1)],
+                         tags=[RunTag("epoch", str(epochs))])  # fmt: skip
+    changed = sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    assert changed["deleted"] == 1 and changed["created"] == 3
+    state = snapshot(client, experiment_id, parent)
+    assert "orphan" not in state and len(state) == 4
+    assert all(steps == sorted(set(steps)) for _, _, steps in state.values())  # no epoch twice
+    assert state[trial_id][2] == list(range(1, len(state[trial_id][2]) + 1))
+
+
+def test_sync_of_a_search_killed_before_its_first_snapshot_changes_nothing(tmp_path, store):
+    client, experiment_id, parent = store
+    assert sync(tmp_path / "never-started", client, experiment_id, parent, max_epochs=EPOCHS)["created"] == 0
+
+
+def test_sync_of_a_search_killed_between_its_tuner_file_and_its_first_snapshot_changes_nothing(tmp_path, store):
+    """Tune writes tuner.pkl when the Tuner is built and its first experiment snapshot only later (seen in CI)."""
+    client, experiment_id, parent = store
+    tune.Tuner(fake_trial, run_config=tune.RunConfig(name="killed", storage_path=str(tmp_path)))
+    assert (tmp_path / "killed" / "tuner.pkl").exists()
+    assert sync(tmp_path / "killed", client, experiment_id, parent, max_epochs=EPOCHS)["created"] == 0
+    assert not has_snapshot(tmp_path / "killed")  # so a --resume starts it over instead of restoring it
+
+
+def test_sync_logs_no_epoch_twice_when_a_kill_left_the_epoch_tag_behind_the_metrics(experiment, store):
+    """MLflow's log_batch writes metrics, then tags, in separate transactions: a driver killed between the two
+    leaves epoch 2's metrics with the tag still saying 1 (seen in CI as val_acc steps [1, 2, 2, 3])."""
+    client, experiment_id, parent = store
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    trial_id, run = next((t, r) for t, r in child_runs(client, experiment_id, parent, "search").items()
+                         if int(r.data.tags["epoch"]) == 3)  # fmt: skip
+    client.delete_run(run.info.run_id)
+    run_id = client.create_run(experiment_id, tags={"mlflow.parentRunId": parent, "trial_id": trial_id,
+                                                    "stage": "search"}).info.run_id  # fmt: skip
+    client.log_batch(run_id, metrics=[Metric(k, 0.1, 0, e) for e in (1, 2) for k in ("val_acc", "train_loss")],
+                     tags=[RunTag("epoch", "1")])  # fmt: skip
+    assert has_snapshot(experiment)
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    steps = [m.step for m in client.get_metric_history(run_id, "val_acc")]
+    assert steps == [1, 2, 3] and client.get_run(run_id).data.tags["epoch"] == "3"
+
+
+@pytest.mark.parametrize("location", ["mlflow-artifacts:/1", "s3://bucket/x", "file:///srv/mlruns/1"])
+def test_an_experiment_whose_artifacts_have_a_scheme_is_reused(sqlite_uri, location):
+    """A server with proxied artifacts gives `mlflow-artifacts:/1`: a URI, not a relative folder."""
+    client = MlflowClient(sqlite_uri)
+    experiment_id = client.create_experiment("shared", artifact_location=location)
+    assert ensure_experiment(client, "shared") == experiment_id
+
+
+def test_sync_cli_takes_a_relative_search_folder(experiment, tmp_path, monkeypatch, sqlite_uri):
+    """`python -m search.tracking sync runs/NAME`, as the README writes it, from the folder holding runs/."""
+    uri = sqlite_uri
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, "cli")
+    parent = start_parent(client, experiment_id, "search", {}, {}, {})
+    search = tmp_path / "runs" / "exp"
+    shutil.copytree(experiment, search)
+    state = SearchState("space.py", "sha", {}, experiment="cli", experiment_id=experiment_id,
+                        parent_run_id=parent, tracking_uri=uri, max_epochs=EPOCHS)  # fmt: skip
+    write_state(search, state)
+    monkeypatch.chdir(tmp_path)
+    assert tracking_main(["sync", "runs/exp"]) == 0
+    assert len(child_runs(client, experiment_id, parent, "search")) == 4
+
+
+def test_runs_carry_the_source_and_the_dataset_the_ui_lists(experiment, store, tmp_path):
+    """The runs table's Source and Dataset columns: every run has MLflow's source tags and the search's data."""
+    client, experiment_id, parent = store
+    write_fake("fashion_mnist", str(tmp_path / "data"), train=300, test=50)
+    splits = load_splits("fashion_mnist", str(tmp_path / "data"), val_fraction=0.2)
+    mlflow_ui.log_dataset(client, parent, splits, str(tmp_path / "data"))
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    runs = [client.get_run(parent), *child_runs(client, experiment_id, parent, "search").values()]
+    assert len(runs) == 5
+    for run in runs:
+        assert run.data.tags["mlflow.source.name"] and run.data.tags["mlflow.source.type"] == "LOCAL"
+        (used,) = run.inputs.dataset_inputs
+        assert used.dataset.name == "fashion_mnist" and len(used.dataset.digest) == 8
+        assert json.loads(used.dataset.profile) == {"train": 240, "val": 60, "test": 50, "classes": 10,
+                                                    "image": [1, 28, 28]}  # fmt: skip
+    assert client.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def _as_ray_leaves_a_killed_worker(experiment: Path, tmp_path: Path, max_failures: int) -> Path:
+    """A copy of the experiment whose snapshot says what Ray 2.60 writes when a trial's worker process dies with
+    no retries left: still RUNNING (an errored trial is not marked for the next snapshot), with its error.txt
+    older than its result.json (the driver's last upload copies every file anew, in no set order)."""
+    copy = shutil.copytree(experiment, tmp_path / "killed-worker")
+    (state_file,) = copy.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    for i, (trial_json, metadata) in enumerate(state["trial_data"]):
+        trial = json.loads(trial_json)
+        if trial["status"] == "ERROR":
+            trial.update(status="RUNNING", max_failures=max_failures)
+            (copy / trial["trial_id"] / "result.json").touch()
+            state["trial_data"][i] = [json.dumps(trial), metadata]
+    state_file.write_text(json.dumps(state))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("max_failures", "outcome", "status"), [(0, "errored", "FAILED"), (1, "interrupted", "KILLED")]
+)
+def test_a_trial_whose_worker_died_past_its_retries_is_errored_though_the_snapshot_says_running(
+    experiment, store, tmp_path, max_failures, outcome, status
+):
+    """Seen in CI: a trial whose worker was SIGKILLed with MAX_FAILURES=0 was recorded `interrupted`, not `errored`.
+    Its one failure is past 0 retries; with 1 retry left Tune would have run it again (the search was stopped)."""
+    client, experiment_id, parent = store
+    sync(_as_ray_leaves_a_killed_worker(experiment, tmp_path, max_failures), client, experiment_id, parent, EPOCHS)
+    state = snapshot(client, experiment_id, parent)
+    assert sorted(o for _, o, _ in state.values()) == sorted(["completed", "completed", "stopped_early", outcome])
+    assert (status, outcome, [1]) in state.values()
+
+
+def test_live_tracking_sends_each_trials_waiting_epochs_as_one_request_in_order():
+    live = LiveTracking("sqlite:///unused.db", "0", "parent", max_epochs=3)
+
+    def epoch(trial_id, n):
+        return live._epoch, (trial_id, [{"epoch": n}])
+
+    for item in [epoch("b", 1), epoch("a", 2), (live._end, ("a", "completed")), epoch("a", 3), None]:
+        live._queue.put(item)
+    sent = [
+        (fn.__name__, args[0], [r["epoch"] for r in args[1]] if fn == live._epoch else args[1])
+        for fn, args in live._coalesced([epoch("a", 1)])
+    ]
+    assert sent == [("_epoch", "a", [1, 2]), ("_epoch", "b", [1]), ("_end", "a", "completed"), ("_epoch", "a", [3])]
+    assert live._queue.get_nowait() is None  # the end of the experiment stays for the worker's loop
