@@ -68,7 +68,9 @@ class SearchReporter(tune.CLIReporter):
             parameter_columns=searched[:6] or None,
             # sorted here, not by Ray: its sort fails on two trials that ended before their first result (a time
             # budget stopping trials that had just started), which ended a finished search with a TypeError
-            max_report_frequency=30, sort_by_metric=False, metric=s.METRIC, mode=s.MODE,
+            # no metric/mode: Ray's "Current best trial" line prints every float unrounded; the status line names
+            # the best trial and the table, best first, shows its params
+            max_report_frequency=30, sort_by_metric=False,
             # Ray decides from its global verbosity when the reporter is built, which an earlier run in the same
             # process (a notebook's first search, the final retrains) leaves too low for rows: the table was empty
             print_intermediate_tables=True,
@@ -95,10 +97,10 @@ class SearchReporter(tune.CLIReporter):
         ended = [t for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)]
         running = [t for t in trials if t.status == Trial.RUNNING]
         queued = s.NUM_SAMPLES - len(ended) - len(running)
-        scores = [t.last_result[s.METRIC] for t in trials if t.last_result and s.METRIC in t.last_result]
-        best = (max if s.MODE == "max" else min)(scores) if scores else None
+        scored = [t for t in trials if t.last_result and s.METRIC in t.last_result]
+        best = min(scored, key=self._rank) if scored else None
         line = f"trials: {len(ended)} done, {len(running)} running, {queued} queued"
-        line += f" | best {s.METRIC} {best:.4f}" if best is not None else ""
+        line += f" | best {s.METRIC} {best.last_result[s.METRIC]:.4f} (trial {best.trial_id})" if best else ""
         line += f" | elapsed {_duration(time.time() - self.start)}"
         times = [t.last_result["epoch_seconds"] for t in trials if t.last_result and "epoch_seconds" in t.last_result]
         if times:

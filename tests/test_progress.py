@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from ray import tune
 from tune_fakes import one_or_two_epochs, one_result
@@ -32,20 +34,23 @@ def test_cost_line_names_the_budget():
 def test_the_live_table_shows_how_ended_trials_ended_and_where_the_search_stands(tmp_path, capsys, local_ray):
     """The table said `outcome: running` for trials that had TERMINATED; two trials that ended before their first
     result (a time budget stops trials that just started) ended a finished search with a TypeError in its sort;
-    a second search in one process (a notebook's re-run cell) showed a table without rows."""
+    a second search in one process (a notebook's re-run cell) showed a table without rows; Ray's "Current best
+    trial" line printed every float of the config unrounded."""
     tune.Tuner(one_result, run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()  # the first run
     s = settings(NUM_SAMPLES=4, MAX_EPOCHS=2, GRACE_PERIOD=1, REDUCTION_FACTOR=2)
     tune.Tuner(
         one_or_two_epochs,
         # the second ends after epoch 1 (stopped early), the last two before reporting anything
-        param_space={"epochs": tune.grid_search([2, 1, 0, 0])},
+        param_space={"epochs": tune.grid_search([2, 1, 0, 0]), "dropout": 0.23073968112646592},
         tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
         run_config=tune.RunConfig(
-            storage_path=str(tmp_path), progress_reporter=SearchReporter(s, ["epochs"], 1), verbose=1
+            storage_path=str(tmp_path), progress_reporter=SearchReporter(s, ["epochs", "dropout"], 1), verbose=1
         ),  # fmt: skip
     ).fit()
-    table = capsys.readouterr().out.split("Trial status")[-1]  # the last table, after every trial ended
+    out = capsys.readouterr().out
+    assert "0.23073968" not in out and "0.23074" in out, out
+    table = out.split("Trial status")[-1]  # the last table, after every trial ended
     assert "completed" in table and "stopped_early" in table and "running" not in table.split("outcome")[-1]
-    assert "trials: 4 done, 0 running, 0 queued | best val_acc 0.2000 | elapsed " in table
+    assert re.search(r"trials: 4 done, 0 running, 0 queued \| best val_acc 0\.2000 \(trial \w+\) \| elapsed ", table)
     rows = [row for row in table.split("Number of trials:")[-1].splitlines() if row.startswith("| one_or_two")]
     assert len(rows) == 4 and "0.2" in rows[0] and "0.1" in rows[1]  # best first, the ones without a result last
