@@ -101,11 +101,15 @@ class SearchReporter(tune.CLIReporter):
         best = min(scored, key=self._rank) if scored else None
         line = f"trials: {len(ended)} done, {len(running)} running, {queued} queued"
         line += f" | best {s.METRIC} {best.last_result[s.METRIC]:.4f} (trial {best.trial_id})" if best else ""
-        line += f" | elapsed {_duration(time.time() - self.start)}"
+        elapsed = time.time() - self.start
+        line += f" | elapsed {_duration(elapsed)}"
         times = [t.last_result["epoch_seconds"] for t in trials if t.last_result and "epoch_seconds" in t.last_result]
+        left = None
         if times:
             per_epoch = sorted(times)[len(times) // 2]
             expected = expected_epochs(s)
-            left = queued * expected + sum(max(0.0, expected - t.last_result.get("epoch", 0)) for t in running)
-            line += f" | about {_duration(left * per_epoch / max(1, self.concurrency))} left"
-        return line
+            epochs = queued * expected + sum(max(0.0, expected - t.last_result.get("epoch", 0)) for t in running)
+            left = epochs * per_epoch / max(1, self.concurrency)
+        if s.time_budget_s is not None and (left is None or s.time_budget_s - elapsed < left):
+            return line + f" | {_duration(max(0.0, s.time_budget_s - elapsed))} left of the time budget"
+        return line + (f" | about {_duration(left)} left" if left is not None else "")

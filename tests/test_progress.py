@@ -6,6 +6,7 @@ import re
 
 import pytest
 from ray import tune
+from ray.tune.experiment import Trial
 from tune_fakes import one_or_two_epochs, one_result
 
 from search.progress import SearchReporter, cost_line, expected_epochs, rung_epochs
@@ -54,3 +55,17 @@ def test_the_live_table_shows_how_ended_trials_ended_and_where_the_search_stands
     assert re.search(r"trials: 4 done, 0 running, 0 queued \| best val_acc 0\.2000 \(trial \w+\) \| elapsed ", table)
     rows = [row for row in table.split("Number of trials:")[-1].splitlines() if row.startswith("| one_or_two")]
     assert len(rows) == 4 and "0.2" in rows[0] and "0.1" in rows[1]  # best first, the ones without a result last
+
+
+def test_the_time_left_is_never_more_than_the_time_budget_leaves():
+    """A 17-minute budget said "about 19m40s left" nine minutes in: the estimate ignored the budget."""
+    trial = Trial("one_result", stub=True)
+    trial.set_status(Trial.RUNNING)
+    trial.update_last_result({"epoch": 1, "epoch_seconds": 600.0, "val_acc": 0.5})
+    unbounded = SearchReporter(settings(NUM_SAMPLES=4, MAX_EPOCHS=3, GRACE_PERIOD=3), ["lr"], 1)
+    assert unbounded.status_line([trial]).endswith("| about 1h50m left")  # (3 queued x 3 epochs + 2) x 10 min
+    budget = SearchReporter(settings(NUM_SAMPLES=4, MAX_EPOCHS=3, GRACE_PERIOD=3, TIME_BUDGET="1h"), ["lr"], 1)
+    assert re.search(r"\| 59m5\ds left of the time budget$", budget.status_line([trial]))
+    plenty = SearchReporter(settings(NUM_SAMPLES=4, MAX_EPOCHS=3, GRACE_PERIOD=3, TIME_BUDGET="5h"), ["lr"], 1)
+    assert plenty.status_line([trial]).endswith("| about 1h50m left")
+    assert budget.status_line([]).endswith("left of the time budget")  # before any epoch is timed
