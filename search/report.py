@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -70,10 +71,13 @@ def audit(frame: pd.DataFrame, settings) -> dict:
         if outcome == "completed" and t in curves and is_control(settings.SEED, t, settings.AUDIT_FRACTION)
     ]  # fmt: skip
     out = {"rungs": {}, "trials": len(controls), "warning": ""}
+    if settings.AUDIT_FRACTION == 0:  # turned off on purpose: nothing to warn of
+        return out
     if len(controls) < MIN_AUDIT_TRIALS:
         out["warning"] = (
             f"{len(controls)} control trials ran in full (AUDIT_FRACTION={settings.AUDIT_FRACTION}); "
-            f"the early-stopping audit needs {MIN_AUDIT_TRIALS}"
+            f"the early-stopping audit needs {MIN_AUDIT_TRIALS}: raise AUDIT_FRACTION to about "
+            f"{math.ceil(100 * MIN_AUDIT_TRIALS / settings.NUM_SAMPLES) / 100:g}, or set it to 0 to turn the audit off"
         )
         return out
     final = {t: curves[t][metric].iloc[-1] for t in controls}

@@ -86,3 +86,11 @@ def test_an_early_rung_that_ranks_backwards_is_warned_of_with_a_longer_grace_per
 def test_too_few_controls_say_so_instead_of_a_correlation():
     result = audit(audited_frame(lambda x: x, n=3), settings(AUDIT_FRACTION=1.0))
     assert result["rungs"] == {} and "3 control trials ran in full" in result["warning"]
+    few = audit(audited_frame(lambda x: x, n=3), settings(AUDIT_FRACTION=0.1, NUM_SAMPLES=12))
+    assert few["warning"].endswith("raise AUDIT_FRACTION to about 0.34, or set it to 0 to turn the audit off")
+
+
+def test_an_audit_turned_off_warns_of_nothing():
+    """AUDIT_FRACTION = 0 printed "warning  0 control trials ran in full ... needs 4" under every search."""
+    result = audit(audited_frame(lambda x: x), settings(AUDIT_FRACTION=0.0))
+    assert result == {"rungs": {}, "trials": 0, "warning": ""}
