@@ -239,9 +239,10 @@ def load_data(config: TrainConfig) -> Splits:
 def build_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     lr, wd = config.step_lr, config.weight_decay
     if config.decoupled_wd:
-        # torch multiplies weight_decay by the step's lr (sgd through the momentum buffer, adamw directly):
-        # dividing by the peak lr makes the decay per step weight_decay at the peak, following the schedule.
-        wd = wd * (config.batch_size / config.lr_batch if config.lr_batch else 1) / lr
+        # torch multiplies weight_decay by the step's lr (sgd through the momentum buffer, adamw directly), and the
+        # peak step lr is lr (x batch_size / lr_batch): dividing by `lr` makes the decay per step weight_decay at
+        # the peak (x batch_size / lr_batch), following the schedule.
+        wd = wd / config.lr
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             params, lr=lr, momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0,
