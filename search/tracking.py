@@ -32,6 +32,7 @@ from filelock import FileLock
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -50,7 +51,9 @@ METRICS = (
 )  # fmt: skip
 STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "errored": "FAILED",
           "interrupted": "KILLED", "running": "RUNNING"}  # fmt: skip
-EPOCHS_PER_REQUEST = 100  # 100 epochs x 8 metrics stays under MLflow's 1,000 metrics per request
+# Whole epochs and their `epoch` and node_id tags in one request: MlflowClient.log_batch splits anything bigger
+# and sends the tags with the first part, which would let the tag claim epochs still on their way.
+EPOCHS_PER_REQUEST = (MAX_ENTITIES_PER_BATCH - 2) // len(METRICS)
 RETRY_SECONDS = 30  # after a failed request, live logging rests this long before trying the store again
 
 

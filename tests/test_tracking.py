@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH
 from ray import tune
 from tune_fakes import fake_trial, fake_trial_variant
 
@@ -16,7 +17,16 @@ from search import mlflow_ui
 from search.data import load_splits
 from search.fake_data import write_fake
 from search.state import SearchState, write_state
-from search.tracking import LiveTracking, child_runs, ensure_experiment, start_parent, sync
+from search.tracking import (
+    EPOCHS_PER_REQUEST,
+    METRICS,
+    LiveTracking,
+    _metrics,
+    child_runs,
+    ensure_experiment,
+    start_parent,
+    sync,
+)
 from search.tracking import main as tracking_main
 from search.tuner import has_snapshot
 
@@ -213,3 +223,13 @@ def test_live_tracking_sends_each_trials_waiting_epochs_as_one_request_in_order(
     ]
     assert sent == [("_epoch", "a", [1, 2]), ("_epoch", "b", [1]), ("_end", "a", "completed"), ("_epoch", "a", [3])]
     assert live._queue.get_nowait() is None  # the end of the experiment stays for the worker's loop
+
+
+def test_a_request_of_epochs_fits_one_mlflow_request_with_its_epoch_tag():
+    """100 epochs x 11 metrics went over MLflow's 1,000 per request: MlflowClient.log_batch then splits it and
+    sends the `epoch` tag with the first part, so a driver killed between the parts left a tag claiming epochs
+    whose metrics never arrived (and sync trusts the tag)."""
+    every_metric = _metrics({"epoch": 1, **dict.fromkeys(METRICS, 0.5)})
+    assert len(every_metric) == len(METRICS)
+    assert EPOCHS_PER_REQUEST * len(every_metric) <= MAX_METRICS_PER_BATCH
+    assert EPOCHS_PER_REQUEST * len(every_metric) + 2 <= MAX_ENTITIES_PER_BATCH  # the epoch and node_id tags
