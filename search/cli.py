@@ -7,10 +7,23 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from collections.abc import Callable
 
 from search.errors import SearchFailed, UsageError
+
+# MLflow's HTTP defaults retry for minutes (a store that is down took 268 s to fail a sync): a command line would
+# rather say so in seconds, and live tracking rests and leaves the gaps to the end's sync.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
+
+
+def cap_mlflow_retries() -> None:
+    """Bounds how long MLflow's HTTP requests retry, unless the environment says otherwise; call it before
+    MLflow makes its first request (it reads these per request)."""
+    for key, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import shlex
 import shutil
 import socket
 import sys
@@ -27,7 +28,7 @@ from torchvision.datasets.mnist import read_image_file, read_label_file
 from search import cli, safe_pickle
 from search.errors import DataError, one_line
 
-DEFAULT_DATA_DIR: str = os.environ.get("SEARCH_DATA_DIR", "./data")
+DEFAULT_DATA_DIR: str = os.environ.get("SEARCH_DATA_DIR") or "./data"
 
 # Where Debian's `dataset-fashion-mnist` package installs the four gzipped idx files. A module constant so
 # that tests (and other distributions) can point it elsewhere.
@@ -36,6 +37,11 @@ DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 # Seconds a download may wait on one socket operation (not the whole file): a machine without internet fails
 # within this instead of hanging a trial, while a slow but live link still finishes.
 DOWNLOAD_TIMEOUT_S = 30.0
+
+# The file search.fake_data leaves in each dataset folder it writes (what it wrote, as JSON): fake images must
+# never pass for the real ones, so every command that trains on them says so first and tags its MLflow run.
+FAKE_MARKER = "FAKE_DATA.json"
+FAKE_TAG = "data.fake"
 
 
 class _CIFAR10(tv.CIFAR10):
@@ -128,8 +134,37 @@ def load_arrays(name: str, data_dir: str | None = None, download: bool = True) -
         DataError: unknown name, files missing and not downloadable, corrupt files, data_dir not a folder.
     """
     info = dataset_info(name)
-    root = os.path.abspath(os.path.expanduser(data_dir or DEFAULT_DATA_DIR))
-    return _load_cached(info.name, root, download)
+    return _load_cached(info.name, _root(data_dir), download)
+
+
+def _root(data_dir: str | None) -> str:
+    return os.path.abspath(os.path.expanduser(data_dir or DEFAULT_DATA_DIR))
+
+
+def is_fake(name: str, data_dir: str | None = None) -> bool:
+    """Whether the dataset `name` under data_dir was written by search.fake_data (its folder holds FAKE_MARKER).
+
+    Args:
+        name: a key of DATASETS; any other name is not fake (the loader rejects it).
+        data_dir: see `load_arrays`.
+    """
+    info = DATASETS.get(name)
+    return info is not None and os.path.isfile(os.path.join(_root(data_dir), info.folder, FAKE_MARKER))
+
+
+def note_if_fake(name: str, data_dir: str | None = None) -> dict[str, str]:
+    """Prints a note when `name` under data_dir is fake data: a command calls this before it prints anything else.
+
+    Returns:
+        The tags that mark an MLflow run on this data: {FAKE_TAG: "true"} on fake data, {} on real data.
+    """
+    if not is_fake(name, data_dir):
+        return {}
+    print(
+        f"note: {_root(data_dir)} holds fake {name} data written by search.fake_data, not the real {name}",
+        flush=True,
+    )
+    return {FAKE_TAG: "true"}
 
 
 @functools.lru_cache(maxsize=len(DATASETS))
@@ -137,13 +172,20 @@ def _load_cached(name: str, root: str, download: bool) -> tuple[Tensor, Tensor, 
     info = DATASETS[name]
     if os.path.exists(root) and not os.path.isdir(root):
         raise DataError(f"data dir {root} is a file, not a folder; pass a folder (or set SEARCH_DATA_DIR)")
+    created = not os.path.exists(root)
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
         raise DataError(f"data dir {root} cannot be created ({exc.strerror}); pass a writable one") from None
     if os.access(root, os.W_OK):
-        with FileLock(os.path.join(root, f".{name}.lock")):
-            _ensure_files(info, root, download)
+        lock = os.path.join(root, f".{name}.lock")
+        try:
+            with FileLock(lock):
+                _ensure_files(info, root, download)
+        except DataError:
+            if created and [os.path.join(d, f) for d, _, files in os.walk(root) for f in files] == [lock]:
+                shutil.rmtree(root, ignore_errors=True)  # a failed first load leaves no folder behind
+            raise
     # Nobody can change a read-only folder (a shared dataset mount): there is nothing to guard or fetch.
     elif _missing(info, root):
         raise DataError(_missing_message(info, root, "the data dir is read-only"))
@@ -155,6 +197,9 @@ def _missing(info: DatasetInfo, root: str) -> list[str]:
 
 
 def _ensure_files(info: DatasetInfo, root: str, download: bool) -> None:
+    marker = os.path.join(root, info.folder, FAKE_MARKER)
+    if len(_missing(info, root)) == len(info.files) and os.path.exists(marker):
+        os.remove(marker)  # no fake file is left: what comes next is real
     if info.name == "fashion_mnist" and _missing(info, root):
         _copy_debian_fashion_mnist(info, root)
     reason = "download=False"
@@ -219,11 +264,33 @@ def _missing_message(info: DatasetInfo, root: str, reason: str) -> str:
         debian = (
             f", or install Debian's copy (apt-get install dataset-fashion-mnist, read from {DEBIAN_FASHION_MNIST_DIR})"
         )
+    fake_dir = _fake_dir(root)
     return (
         f"{info.name}: {', '.join(_missing(info, root))} not found in {folder} ({reason}); "
-        f"put {', '.join(info.files)} there ({source}){debian}, or for an offline smoke run write fake data: "
-        f"python -m search.fake_data --dataset {info.name} --out {root} --train 5000 --test 1000"
+        f"put {', '.join(info.files)} there ({source}){debian}; or, for an offline smoke run, write fake data to a "
+        f"folder of its own: {_fake_command(info, fake_dir)}  and pass  --data-dir {_shown(fake_dir)}"
     )
+
+
+def _fake_dir(root: str) -> str:
+    # Beside the real data dir, never in it: a later search there would train on fake images.
+    return root if "fake" in os.path.basename(root) else f"{root}-fake"
+
+
+def _fake_command(info: DatasetInfo, out: str) -> str:
+    """The command that writes fake data for `info` into `out`, as it runs when pasted where this one runs."""
+    python = _shown(sys.executable) if sys.executable else "python"
+    return f"{python} -m search.fake_data --dataset {info.name} --out {_shown(out)} --train 2000 --test 500"
+
+
+def _shown(path: str) -> str:
+    """A path as a person types it here: relative to the working folder when inside it, quoted for a shell."""
+    path = os.path.abspath(path)
+    try:
+        inside = os.path.commonpath([path, os.getcwd()]) == os.getcwd()
+    except (OSError, ValueError):  # no working folder any more, or another drive
+        inside = False
+    return shlex.quote(os.path.relpath(path) if inside else path)
 
 
 # What torchvision raises on a truncated or corrupt file: pickle and EOF errors for the CIFAR pickles,
@@ -276,11 +343,12 @@ def _corrupt_error(info: DatasetInfo, root: str, exc: Exception) -> DataError:
         try:
             _check_file(info, path)
         except Exception as file_exc:  # diagnosis only: whatever fails to read names the culprit
-            return DataError(
-                f"{path}: truncated or corrupt ({_one_line(file_exc)}); delete it and load again to "
-                f"re-fetch it, or replace it (fake data: python -m search.fake_data --dataset {info.name} "
-                f"--out {root} ...)"
+            fix = (
+                f"write the fake data again: {_fake_command(info, root)}"
+                if is_fake(info.name, root)
+                else "delete it and load again to re-fetch it, or replace it"
             )
+            return DataError(f"{path}: truncated or corrupt ({_one_line(file_exc)}); {fix}")
     return DataError(f"{folder}: cannot read {info.name} ({_one_line(exc)}); replace the files")
 
 
@@ -440,9 +508,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     info = DATASETS[args.dataset]
     arrays = load_arrays(args.dataset, args.data_dir, download=not args.no_download)
-    root = os.path.abspath(args.data_dir or DEFAULT_DATA_DIR)
+    fake = "fake data written by search.fake_data, " if is_fake(info.name, args.data_dir) else ""
     print(
-        f"{info.name} in {root}: {len(arrays[0])} train + {len(arrays[2])} test images, "
+        f"{info.name} in {_root(args.data_dir)}: {fake}{len(arrays[0])} train + {len(arrays[2])} test images, "
         f"{info.channels}x{info.size}x{info.size}, {info.num_classes} classes, sha256 {_digest(arrays)}"
     )
     return 0

@@ -1,10 +1,13 @@
 """Small learnable datasets in the real on-disk formats, for offline smoke runs and tests.
 
-python -m search.fake_data --dataset cifar100 --out ./data --train 5000 --test 1000
+.venv/bin/python -m search.fake_data --dataset cifar100 --out data-fake --train 2000 --test 500
+
+Each dataset folder it writes gets a FAKE_MARKER file, so that no command takes the fake images for the real ones.
 """
 
 from __future__ import annotations
 
+import json
 import numbers
 import os
 import pickle
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from search import cli
-from search.data import DATASETS, DatasetInfo, clear_cache, dataset_info
+from search.data import DATASETS, FAKE_MARKER, DatasetInfo, clear_cache, dataset_info
 from search.errors import DataError
 
 # Per-pixel gaussian noise of fake images, in 0..255 units: small against the spread of the class patterns
@@ -30,7 +33,7 @@ def write_fake(name: str, out: str, train: int, test: int, seed: int = 0) -> Non
 
     Each class is a fixed random low-frequency pattern (left-right symmetric, so flips keep the class) plus
     gaussian noise; labels are balanced and shuffled. The files are the ones torchvision reads: the CIFAR
-    pickles or the uncompressed MNIST idx files.
+    pickles or the uncompressed MNIST idx files, and FAKE_MARKER beside them (dataset, counts, seed).
 
     Args:
         name: a key of DATASETS.
@@ -60,6 +63,9 @@ def write_fake(name: str, out: str, train: int, test: int, seed: int = 0) -> Non
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise DataError(f"{folder}: cannot create it ({exc.strerror}); pass --out a writable folder") from None
+    # The marker first: whatever fake file is there, a crash included, is marked.
+    marker = {"dataset": name, "train": int(train), "test": int(test), "seed": int(seed), "writer": "search.fake_data"}
+    _atomic_write(os.path.join(folder, FAKE_MARKER), json.dumps(marker, indent=2).encode() + b"\n")
     if info.is_cifar:
         _write_cifar(info, folder, train_x, train_y, test_x, test_y)
     else:
@@ -152,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     info = DATASETS[args.dataset]
     print(
         f"wrote fake {info.name}: {args.train} train + {args.test} test images ({info.channels}x{info.size}x"
-        f"{info.size}, {info.num_classes} classes) to {os.path.join(args.out, info.folder)}; use data dir {args.out}"
+        f"{info.size}, {info.num_classes} classes) to {os.path.join(args.out, info.folder)}, marked by {FAKE_MARKER}; "
+        f"use it with --data-dir {args.out}"
     )
     return 0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from search.cluster import concurrency
-from search.report import plain
+from search.report import searched_config
 from search.state import SearchJob
 from search.tracking import LiveTracking, sync, unfinished_trials
 from search.train import evaluate_test, model_from_checkpoint
@@ -20,23 +20,28 @@ from search.trainable import CHECKPOINT_FILE, trainable
 from search.tuner import build_tuner, fit
 
 
-def retrain(job: SearchJob, top: pd.DataFrame, params: list[str], seeds: int) -> dict:
+def variants(top: pd.DataFrame, seeds: int, seed: int) -> list[dict]:
+    """Each trial of `top` (rows of `report.trials_frame`) `seeds` times with a new seed: its searched params as it
+    used them, none of the conditional ones it did not use (a NaN there would be a config no trainer accepts)."""
+    return [
+        {**searched_config(top, row.trial_id), "seed": seed + 1 + i, "source_trial": row.trial_id}
+        for _, row in top.iterrows()
+        for i in range(seeds)
+    ]
+
+
+def retrain(job: SearchJob, top: pd.DataFrame, seeds: int) -> dict:
     """Retrains each row of `top` (trials) with `seeds` new seeds for the full epoch budget.
 
     Returns:
         {"configs": [{trial_id, seeds, test_acc_mean, test_acc_std}], "experiment_path": ...}
     """
     s = job.space.settings
-    variants = [
-        {**{p: plain(row[p]) for p in params}, "seed": s.SEED + 1 + i, "source_trial": row.trial_id}
-        for _, row in top.iterrows()
-        for i in range(seeds)
-    ]
     path = f"{job.path}-final"
     tracking = LiveTracking(job.client.tracking_uri, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final")
     tuner = build_tuner(
         job.space, trainable, path=path, search=False, max_concurrent=concurrency(s), callbacks=[tracking],
-        param_space={**job.space.base_config(job.data_dir), "variant": {"grid_search": variants}},
+        param_space={**job.space.base_config(job.data_dir), "variant": {"grid_search": variants(top, seeds, s.SEED)}},
     )  # fmt: skip
     retrained = fit(tuner)
     if unfinished_trials(path):

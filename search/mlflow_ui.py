@@ -19,7 +19,7 @@ import os
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
 from search.data import DEFAULT_DATA_DIR, Splits
 
@@ -73,27 +73,36 @@ UI_PATH = (
 def save_view(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str, params: list[str]) -> str:
     """Saves a comparison view of one search as a shared view of its experiment; returns the UI path opening it.
 
-    The view expands the search's trials under its parent run, shows `metric` as a column (sorted best first),
-    and charts the learning curves of every trial on one chart, the searched parameters against `metric` in
-    parallel coordinates, and `metric` against each trial's MACs per image (the accuracy-cost trade-off). The path
-    opens the charts; the runs table is one click away (the list icon).
+    The view lists the search's trials only (not its parent, whose legend entries drew nothing, nor other
+    searches or the final retrains), with `metric`, each trial's outcome and the searched parameters as columns,
+    best first. Its charts: every trial's learning curve on one full-width chart, so that its legend (two rows
+    that scroll, in MLflow 3.17) names several trials per row, and a trial ASHA stopped after one epoch, drawn as a
+    point, is as easy to find there as a line; the searched parameters against `metric` in parallel
+    coordinates; `metric` against each trial's MACs per image (the accuracy-cost trade-off). The path opens the
+    charts; the runs table is one click away (the list icon).
     """
-    columns = [f"metrics.`{metric}`", *(f"params.`{p}`" for p in params)]
-    section = {"uuid": "search", "name": "Search", "display": True, "isReordered": False}
-    common = {"runsCountToCompare": 100, "metricSectionId": "search", "deleted": False, "isGenerated": False}
+    trials = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.stage = 'search'"
+    columns = [f"metrics.`{metric}`", "tags.`outcome`", *(f"params.`{p}`" for p in params)]
+    sections = [
+        {"uuid": "curves", "name": "Learning curves", "display": True, "isReordered": False, "columns": 1,
+         "cardHeight": 400},
+        {"uuid": "search", "name": "Search", "display": True, "isReordered": False, "columns": 2, "cardHeight": 400},
+    ]  # fmt: skip
+    common = {"runsCountToCompare": 100, "deleted": False, "isGenerated": False}
     charts = [
-        {**common, "uuid": f"curves-{metric}", "type": "LINE", "metricKey": metric, "selectedMetricKeys": [metric],
-         "xAxisKey": "step", "lineSmoothness": 0, "scaleType": "linear", "displayName": f"{metric} per epoch"},
-        {**common, "uuid": "parallel", "type": "PARALLEL", "selectedParams": params, "selectedMetrics": [metric],
-         "showAllRuns": True},
-        {**common, "uuid": "front", "type": "SCATTER", "xaxis": {"key": "macs", "type": "METRIC"},
-         "yaxis": {"key": metric, "type": "METRIC"}},
+        {**common, "uuid": f"curves-{metric}", "type": "LINE", "metricSectionId": "curves", "metricKey": metric,
+         "selectedMetricKeys": [metric], "xAxisKey": "step", "lineSmoothness": 0, "scaleType": "linear",
+         "displayName": f"{metric} per epoch"},
+        {**common, "uuid": "parallel", "type": "PARALLEL", "metricSectionId": "search", "selectedParams": params,
+         "selectedMetrics": [metric], "showAllRuns": True},
+        {**common, "uuid": "front", "type": "SCATTER", "metricSectionId": "search",
+         "xaxis": {"key": "macs", "type": "METRIC"}, "yaxis": {"key": metric, "type": "METRIC"}},
     ]  # fmt: skip
     state = {
-        "searchFilter": "", "orderByKey": f"metrics.`{metric}`", "orderByAsc": False, "startTime": "ALL",
+        "searchFilter": trials, "orderByKey": f"metrics.`{metric}`", "orderByAsc": False, "startTime": "ALL",
         "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
-        "selectedColumns": columns, "runsExpanded": {parent_run_id: True}, "compareRunCharts": charts,
-        "compareRunSections": [section], "isAccordionReordered": False, "hideEmptyCharts": True,
+        "selectedColumns": columns, "runsExpanded": {}, "compareRunCharts": charts,
+        "compareRunSections": sections, "isAccordionReordered": False, "hideEmptyCharts": True,
     }  # fmt: skip
     key = f"search-{parent_run_id[:12]}"
     client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))

@@ -8,37 +8,49 @@ import time
 import warnings
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure  # not pyplot: drawing a file must not touch a notebook's backend or figures
+from optuna.trial import TrialState
 
-matplotlib.use("Agg")  # files only; no display on clusters
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from search.progress import rung_epochs  # noqa: E402
-from search.searcher import outcome_of  # noqa: E402
-from search.space import COST_MODES, METRICS_MODES  # noqa: E402
-from search.tuner import converged_after, is_control  # noqa: E402
+from search.progress import rung_epochs
+from search.searcher import outcome_of
+from search.space import COST_MODES, METRICS_MODES
+from search.tuner import converged_after, is_control
 
 MIN_AUDIT_TRIALS = 4  # rank correlations of fewer trials say nothing
+# Past this fraction of control trials, early stopping saves little: a search too small for MIN_AUDIT_TRIALS
+# controls at this fraction is told so, never advised to run (almost) every trial in full.
+MAX_ADVISED_AUDIT_FRACTION = 0.5
+# Parallel coordinates of fewer completed trials are a few lines, not a pattern; importances need more completed
+# trials than parameters too (`thin_plots`): fANOVA's forest on fewer gave every parameter exactly 1/8.
+MIN_PLOT_TRIALS = 5
 COST = tuple(COST_MODES)  # what a trial costs, from its last result
 OUTCOME_COLORS = {"completed": "tab:green", "stopped_early": "tab:gray", "diverged": "tab:red", "errored": "black"}
 FRONT_COSTS = {"macs": "min", "images_per_second": "max"}  # the fronts the summary reports: compute, training speed
 
 
 def trials_frame(results, space) -> pd.DataFrame:
-    """One row per trial: id, outcome, epochs, last metrics, searched params, and per-epoch curves in attrs."""
+    """One row per trial: id, outcome, epochs, last metrics, searched params; in attrs the searched params'
+    names (`params`), per-epoch curves (`curves`) and each trial's own config less data_dir (`configs`).
+
+    A trial's row holds every searched param, empty where it did not use one (a conditional param); its config
+    in attrs holds only what it used. Outcomes are those of `outcome_of`, and `no_epoch` for a trial that
+    reported nothing (the time budget ended the search before its first epoch did).
+    """
     max_epochs, base = space.settings.MAX_EPOCHS, space.base_config()
-    rows, curves, params = [], {}, []
+    rows, curves, params, configs = [], {}, [], {}
     for r in results:
         last = r.metrics or {}
-        config = r.config or {}
+        config = {k: v for k, v in (r.config or {}).items() if k != "data_dir"}  # data_dir: where, not what
         trial_id = last.get("trial_id") or (r.path and Path(r.path).name)
+        configs[trial_id] = config
         for key in config:  # searched: whatever a trial's config sets beyond (or differently from) the base
-            if key != "data_dir" and (key not in base or config[key] != base[key]) and key not in params:
+            if (key not in base or config[key] != base[key]) and key not in params:
                 params.append(key)
+        outcome = outcome_of(last, max_epochs, error=r.error is not None)
         row = {
             "trial_id": trial_id,
-            "outcome": outcome_of(last, max_epochs, error=r.error is not None),
+            "outcome": "no_epoch" if outcome == "stopped_early" and not last.get("epoch") else outcome,
             "epoch": last.get("epoch", 0),
             **{k: last.get(k) for k in ("val_acc", "val_loss", "val_top5", "train_loss", "train_acc")},
             **{k: last.get(k) for k in COST},
@@ -53,8 +65,20 @@ def trials_frame(results, space) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for key in params:
         frame[key] = [(r.config or {}).get(key) for r in results]
-    frame.attrs["params"], frame.attrs["curves"] = params, curves
+    frame.attrs["params"], frame.attrs["curves"], frame.attrs["configs"] = params, curves, configs
     return frame
+
+
+def trial_config(frame: pd.DataFrame, trial_id: str) -> dict:
+    """A trial's whole config as Tune gave it (searched and fixed keys, exact values), less data_dir:
+    `python -m search.train --config` of it trains that trial again."""
+    return dict(frame.attrs["configs"][trial_id])
+
+
+def searched_config(frame: pd.DataFrame, trial_id: str) -> dict:
+    """The searched params a trial used, exact; none of the conditional ones it did not use."""
+    config = frame.attrs["configs"][trial_id]
+    return {k: config[k] for k in frame.attrs["params"] if k in config}
 
 
 def audit(frame: pd.DataFrame, settings) -> dict:
@@ -70,24 +94,34 @@ def audit(frame: pd.DataFrame, settings) -> dict:
         t for t, outcome in zip(frame.trial_id, frame.outcome, strict=True)
         if outcome == "completed" and t in curves and is_control(settings.SEED, t, settings.AUDIT_FRACTION)
     ]  # fmt: skip
-    out = {"rungs": {}, "trials": len(controls), "warning": ""}
+    out = {"rungs": {}, "trials": len(controls), "warning": "", "note": ""}
     if settings.AUDIT_FRACTION == 0:  # turned off on purpose: nothing to warn of
         return out
     if len(controls) < MIN_AUDIT_TRIALS:
+        if not (frame.outcome == "stopped_early").any():  # every trial ran in full: no stop to audit
+            return out
+        needed = math.ceil(100 * MIN_AUDIT_TRIALS / settings.NUM_SAMPLES) / 100
+        if needed > MAX_ADVISED_AUDIT_FRACTION:
+            out["note"] = (
+                f"too few trials for an audit ({settings.NUM_SAMPLES} trials, {count(len(controls), 'control')} "
+                f"run in full whatever ASHA said; it needs {MIN_AUDIT_TRIALS})"
+            )
+            return out
         out["warning"] = (
-            f"{len(controls)} control trials ran in full (AUDIT_FRACTION={settings.AUDIT_FRACTION}); "
+            f"{count(len(controls), 'control trial')} ran in full (AUDIT_FRACTION={settings.AUDIT_FRACTION}); "
             f"the early-stopping audit needs {MIN_AUDIT_TRIALS}: raise AUDIT_FRACTION to about "
-            f"{math.ceil(100 * MIN_AUDIT_TRIALS / settings.NUM_SAMPLES) / 100:g}, or set it to 0 to turn the audit off"
+            f"{needed:g}, or set it to 0 to turn the audit off"
         )
         return out
     final = {t: curves[t][metric].iloc[-1] for t in controls}
     for rung in rung_epochs(settings):
         at_rung = {t: curves[t].loc[curves[t].epoch == rung, metric] for t in controls}
         pairs = pd.DataFrame({"rung": {t: v.iloc[0] for t, v in at_rung.items() if len(v)}, "final": final})
-        out["rungs"][rung] = round(float(pairs.corr(method="spearman").iloc[0, 1]), 3)
-    weak = [r for r, c in out["rungs"].items() if not c >= 0.5]
+        rho = float(pairs.corr(method="spearman").iloc[0, 1])
+        out["rungs"][rung] = round(rho, 3) if math.isfinite(rho) else None  # None: all tied, no ranking at all
+    weak = [r for r, c in out["rungs"].items() if c is None or c < 0.5]
     if weak:
-        better = next((r for r, c in out["rungs"].items() if c >= 0.7), settings.GRACE_PERIOD * 2)
+        better = next((r for r, c in out["rungs"].items() if c is not None and c >= 0.7), settings.GRACE_PERIOD * 2)
         out["warning"] = (
             f"rankings at epoch {', '.join(map(str, weak))} predicted the final ranking poorly; "
             f"consider GRACE_PERIOD = {max(better, weak[-1] + 1)}"
@@ -116,7 +150,7 @@ def fronts(frame: pd.DataFrame, pool: pd.DataFrame, settings) -> dict:
                 "trial_id": row.trial_id,
                 settings.METRIC: round(float(row[settings.METRIC]), 4),
                 **{k: _rounded(plain(row[k])) for k in COST if pd.notna(row[k])},
-                "config": {k: _rounded(plain(row[k])) for k in frame.attrs["params"]},
+                "config": searched_config(frame, row.trial_id),
             }
             for _, row in front.iterrows()
         ]
@@ -132,18 +166,25 @@ def converged(frame: pd.DataFrame, settings) -> int | None:
     return converged_after(values, settings.MODE, settings.PATIENCE, settings.MIN_DELTA)
 
 
-def summarize(space, frame, pool, best_row, test, start: float, model_uri: str, final: dict | None) -> dict:
-    """What a search found. `pool`: the trials the winner was chosen from (those that ran in full, if any)."""
+def summarize(space, frame, pool, best_row, test, start: float, model_uri: str, final: dict | None,
+              study=None) -> dict:  # fmt: skip
+    """What a search found. `pool`: the trials the winner was chosen from (those that ran in full, if any);
+    `study`: its Optuna study, to say which plots it has too few trials for.
+
+    Trials the search never started (the time budget or PATIENCE ended it first) count as `not_started`."""
     s = space.settings
-    outcomes = frame.outcome.value_counts().to_dict()
+    outcomes = {k: int(v) for k, v in frame.outcome.value_counts().items()}
+    if len(frame) < s.NUM_SAMPLES:
+        outcomes["not_started"] = s.NUM_SAMPLES - len(frame)
     seconds = float(frame.seconds.sum())
+    skipped = thin_plots(study) if study is not None else {}
     return {
         "best_trial": best_row.trial_id,
-        "best_config": {k: _rounded(plain(best_row[k])) for k in frame.attrs["params"]},
+        "best_config": searched_config(frame, best_row.trial_id),
         f"best_{s.METRIC}": float(best_row[s.METRIC]),
         **{k: round(v, 4) for k, v in test.items()},
-        "trials": int(len(frame)),
-        "outcomes": {k: int(v) for k, v in outcomes.items()},
+        "trials": sum(outcomes.values()),
+        "outcomes": outcomes,
         "epochs_trained": int(frame.epoch.sum()),
         "epochs_if_all_full": int(len(frame) * s.MAX_EPOCHS),
         "cpu_hours": round(seconds * s.CPUS_PER_TRIAL / 3600, 3),
@@ -159,6 +200,22 @@ def summarize(space, frame, pool, best_row, test, start: float, model_uri: str, 
             else {}
         ),  # fmt: skip
         **({"final": final} if final else {}),
+        **({"plots_skipped": skipped} if skipped else {}),
+    }
+
+
+def thin_plots(study) -> dict[str, str]:
+    """The study's plots that too few completed trials would make misleading, each with why."""
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    searched = len({name for t in done for name in t.params})
+    needs = {
+        "parallel_coordinates": (MIN_PLOT_TRIALS, "one line per trial"),
+        "importance": (max(MIN_PLOT_TRIALS, searched + 1), f"more than the {searched} searched parameters"),
+    }
+    return {
+        name: f"{count(len(done), 'completed trial')}; it needs {need} ({why})"
+        for name, (need, why) in needs.items()
+        if len(done) < need
     }
 
 
@@ -172,6 +229,22 @@ def _rounded(value: object) -> object:
     return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
+def count(n: int, noun: str) -> str:
+    """1 trial, 2 trials."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _finite(value: object) -> object:
+    """`value` with every NaN or infinity inside it as None: strict JSON has neither."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def print_summary(summary: dict) -> None:
     print("\n" + format_summary(summary), flush=True)
 
@@ -181,7 +254,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"best trial  {summary['best_trial']}   {metric} {summary[metric]:.4f}   "
         f"test_acc {summary['test_acc']:.4f}   test_top5 {summary['test_top5']:.4f}",
-        "best config " + "  ".join(f"{k}={v}" for k, v in summary["best_config"].items()),
+        "best config " + "  ".join(f"{k}={_rounded(v)}" for k, v in summary["best_config"].items()),
+        *([f"config file {summary['best_config_file']}"] if "best_config_file" in summary else []),
         "trials      " + "  ".join(f"{k} {v}" for k, v in sorted(summary["outcomes"].items())),
         f"epochs      {summary['epochs_trained']} trained, {summary['epochs_if_all_full']} if every trial ran "
         f"in full ({summary['epochs_trained'] / max(1, summary['epochs_if_all_full']):.0%})",
@@ -190,29 +264,33 @@ def format_summary(summary: dict) -> str:
     ]
     if "converged_after" in summary:
         lines.append(
-            f"stopped     converged after {summary['converged_after']} trials: the last {summary['patience']} did not "
-            f"beat the best {metric.removeprefix('best_')} by more than {summary['min_delta']}"
+            f"stopped     converged after {count(summary['converged_after'], 'trial')}: "
+            f"the last {summary['patience']} did not beat the best {metric.removeprefix('best_')} "
+            f"by more than {summary['min_delta']}"
         )
     rungs = summary["audit"]["rungs"]
     if rungs:
         lines.append(
             "early stop  rank correlation with the final ranking: "
-            + ", ".join(f"epoch {r}: {c}" for r, c in rungs.items())
-            + f" (over {summary['audit']['trials']} control trials run in full)"
+            + ", ".join(f"epoch {r}: {'n/a' if c is None else c}" for r, c in rungs.items())
+            + f" (over {count(summary['audit']['trials'], 'control trial')} run in full)"
         )
+    if summary["audit"].get("note"):
+        lines.append(f"early stop  {summary['audit']['note']}")
     if summary["audit"]["warning"]:
         lines.append(f"warning     {summary['audit']['warning']}")
     if "final" in summary:
         for row in summary["final"]["configs"]:
             lines.append(
                 f"retrained   {row['trial_id']}: test_acc {row['test_acc_mean']:.4f} "
-                f"± {row['test_acc_std']:.4f} over {row['seeds']} seeds"
+                f"± {row['test_acc_std']:.4f} over {count(row['seeds'], 'seed')}"
             )
     front = summary.get("front", {}).get("macs", [])
     if front:
-        lines.append(f"front       {metric.removeprefix('best_')} against MACs per image: {len(front)} trials no other "
-                     "beats on both (plots/pareto_front.png)")  # fmt: skip
+        lines.append(f"front       {metric.removeprefix('best_')} against MACs per image: {count(len(front), 'trial')} "
+                     "no other beats on both (plots/pareto_front.png)")  # fmt: skip
         lines += [f"  {_front_line(row, metric.removeprefix('best_'))}" for row in front]
+    lines += [f"plots       {name}.png skipped: {why}" for name, why in summary.get("plots_skipped", {}).items()]
     lines += [f"model       {summary['model']}", f"checkpoint  {summary['best_checkpoint']}"]
     if "ui" in summary:
         lines.append(f"compare     {summary['ui']}")
@@ -225,7 +303,7 @@ def _front_line(row: dict, metric: str) -> str:
         cost.append(f"{row['latency_ms']:.2f} ms")
     if "images_per_second" in row:
         cost.append(f"{row['images_per_second']:.0f} img/s")
-    config = "  ".join(f"{k}={v}" for k, v in row["config"].items())
+    config = "  ".join(f"{k}={_rounded(v)}" for k, v in row["config"].items())
     return f"{row['trial_id']}  {metric} {row[metric]:.4f}  {'  '.join(cost)}  {config}"
 
 
@@ -239,7 +317,8 @@ def _si(n: float) -> str:
 
 def plot_front(frame: pd.DataFrame, metric: str, mode: str, pool: pd.DataFrame):
     """Metric against MACs and against training speed: every trial by outcome, the front of `pool` drawn over."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    fig = Figure(figsize=(12, 5))
+    axes = fig.subplots(1, 2, sharey=True)
     for ax, (cost, cost_mode) in zip(axes, FRONT_COSTS.items(), strict=True):
         rows = frame.dropna(subset=[metric, cost])
         for outcome, group in rows.groupby("outcome"):
@@ -257,7 +336,8 @@ def plot_front(frame: pd.DataFrame, metric: str, mode: str, pool: pd.DataFrame):
 
 
 def plot_curves(frame: pd.DataFrame, metric: str):
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
     outcome = dict(zip(frame.trial_id, frame.outcome, strict=True))
     for trial_id, curve in frame.attrs["curves"].items():
         if metric in curve:
@@ -268,31 +348,42 @@ def plot_curves(frame: pd.DataFrame, metric: str):
 
 
 def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, pool, study, summary: dict) -> None:
-    """The trials CSV, the summary, learning curves, the accuracy-cost fronts, parallel coordinates and parameter
-    importance."""
+    """The trials CSV, the summary (strict JSON), the best config file, learning curves, the accuracy-cost fronts,
+    and parallel coordinates and parameter importance when the study has enough trials for them (`thin_plots`)."""
+    import matplotlib.pyplot as plt  # Optuna's plots draw through pyplot; they are closed once logged
+
     metric = space.settings.METRIC
     client.log_text(run_id, frame.drop(columns=["checkpoint"]).to_csv(index=False), "trials.csv")
-    client.log_dict(run_id, json.loads(json.dumps(summary, default=str)), "summary.json")
+    summary_json = json.dumps(_finite(json.loads(json.dumps(summary, default=str))), indent=2, allow_nan=False)
+    client.log_text(run_id, summary_json, "summary.json")
     client.log_text(run_id, format_summary(summary), "summary.txt")
+    if "best_config_file" in summary:
+        client.log_artifact(run_id, summary["best_config_file"])
     client.log_figure(run_id, plot_curves(frame, metric), "plots/learning_curves.png")
     client.log_figure(run_id, plot_front(frame, metric, space.settings.MODE, pool), "plots/pareto_front.png")
-    plt.close("all")
     from optuna.visualization import matplotlib as ovm
 
     # a multi-objective study's plots need to be told which objective: METRIC, the first
     target = {"target": lambda t: t.values[0], "target_name": metric} if len(study.directions) > 1 else {}
+    skipped = thin_plots(study)
     for name, plot in (
         ("parallel_coordinates", ovm.plot_parallel_coordinate),
         ("importance", ovm.plot_param_importances),
     ):
+        if name in skipped:
+            client.set_tag(run_id, f"plot.{name}", f"skipped: {skipped[name]}")
+            continue
+        before = set(plt.get_fignums())  # a notebook's own figures stay open
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
                 axes = plot(study, **target)
-        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # too few finished trials for the plot
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # a study the plot cannot draw
             client.set_tag(run_id, f"plot.{name}", f"skipped: {exc}"[:500])
-            continue
-        fig = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        fig.set_size_inches(10, 6)
-        client.log_figure(run_id, fig, f"plots/{name}.png")
-        plt.close("all")
+        else:
+            fig = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            fig.set_size_inches(10, 6)
+            client.log_figure(run_id, fig, f"plots/{name}.png")
+        finally:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table, plain lines off a terminal
-# MLflow's HTTP defaults retry for minutes; live tracking would rather rest and leave the gaps to the end's sync.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+from search.cli import cap_mlflow_retries  # noqa: E402
+
+cap_mlflow_retries()  # before MLflow is imported here, so the notebook's searches get it too
 
 import json  # noqa: E402
 import signal  # noqa: E402
@@ -26,12 +25,21 @@ import mlflow  # noqa: E402
 from ray import tune  # noqa: E402
 
 from search import __version__, cli, cluster, mlflow_ui, report  # noqa: E402
+from search.data import DEFAULT_DATA_DIR, note_if_fake  # noqa: E402
 from search.errors import SearchFailed, UsageError, one_line  # noqa: E402
 from search.final import retrain  # noqa: E402
 from search.progress import SearchReporter, cost_line  # noqa: E402
 from search.searcher import load_study, warm_trials  # noqa: E402
 from search.space import Space, load_space  # noqa: E402
-from search.state import SearchJob, SearchState, read_state, state_path, write_state  # noqa: E402
+from search.state import (  # noqa: E402
+    SearchJob,
+    SearchState,
+    claim,
+    read_state,
+    state_path,
+    write_best_config,
+    write_state,
+)
 from search.tracking import (  # noqa: E402
     LiveTracking,
     end_parent,
@@ -155,9 +163,12 @@ def search(
 
 
 def _is_store_error(exc: BaseException) -> bool:
+    """Whether `exc` is the MLflow store failing (MLflow's own errors, or HTTP ones on the way to a server); any
+    other OSError (a file, a vanished working folder) is a bug or a fault of its own and keeps its traceback."""
     from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
 
-    return isinstance(exc, (MlflowException, OSError))
+    return isinstance(exc, (MlflowException, RequestException))
 
 
 def prepare(
@@ -178,7 +189,7 @@ def prepare(
     then) writes the search's state and its parent run. A mistake raises UsageError with nothing created."""
     space = load_space(space_path, overrides, smoke)
     storage = storage if "://" in storage else str(Path(storage).resolve())
-    data_dir = str(Path(data_dir).resolve()) if data_dir else ""
+    data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else ""
     saved = None
     if resume:
         name = name or _find_previous(storage, space.name)
@@ -197,6 +208,10 @@ def prepare(
         if state_path(storage, name).exists():
             raise UsageError(f"--name {name}: a search of that name exists in {storage}; use --resume or a new name")
         cluster.check_writable(storage)
+    # Each trial runs in a working folder of Ray's: the default ./data, like every relative path, means the folder
+    # the search started in, for the driver and every trial, and is stored so that --resume finds it too.
+    data_dir = data_dir or str(Path(DEFAULT_DATA_DIR).expanduser().resolve())
+    data_tags = note_if_fake(space.base_config(data_dir)["dataset"], data_dir)  # the first line says fake data
     warm = _warm_start(warm_start, storage, space) if warm_start else []
     # The driver reads the data too (final test): missing or corrupt files, or subsets larger than the data,
     # fail here, before any trial.
@@ -221,14 +236,16 @@ def prepare(
     params = {f"setting.{k}": v for k, v in vars(space.settings).items() if k not in ("FIXED", "SMOKE")}
     params.update({f"fixed.{k}": v for k, v in space.base_config(data_dir).items()})
     params.update({"package_version": __version__, "overrides": json.dumps(overrides), "warm_start": warm_start})
-    tags = {"space": str(space.path), "smoke": str(smoke)}
-    parent_run_id = start_parent(client, experiment_id, name, params, tags, {f"space/{space.path.name}": space.source})
-    job = SearchJob(space, name, storage, data_dir, client, experiment_id, parent_run_id, warm)
-    write_state(Path(job.path), SearchState(
-        space_path=str(space.path), space_sha=space.sha, overrides=overrides, smoke=smoke, data_dir=data_dir,
-        experiment=space.name, experiment_id=experiment_id, parent_run_id=parent_run_id,
-        tracking_uri=client.tracking_uri, max_epochs=space.settings.MAX_EPOCHS,
-    ))  # fmt: skip
+    tags = {"space": str(space.path), "smoke": str(smoke), **data_tags}
+    with claim(storage, name):  # of two searches started with one --name, the second stops here, with no parent
+        parent_run_id = start_parent(client, experiment_id, name, params, tags,
+                                     {f"space/{space.path.name}": space.source})  # fmt: skip
+        job = SearchJob(space, name, storage, data_dir, client, experiment_id, parent_run_id, warm)
+        write_state(Path(job.path), SearchState(
+            space_path=str(space.path), space_sha=space.sha, overrides=overrides, smoke=smoke, data_dir=data_dir,
+            experiment=space.name, experiment_id=experiment_id, parent_run_id=parent_run_id,
+            tracking_uri=client.tracking_uri, max_epochs=space.settings.MAX_EPOCHS,
+        ))  # fmt: skip
     mlflow_ui.log_dataset(client, parent_run_id, splits, data_dir)
     return job
 
@@ -274,20 +291,23 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
         mlflow.set_tag("best_trial_id", best_row.trial_id)
         example = next(iter(test_batches(config, splits)))[0][:2].cpu()
         pinned = mlflow.pytorch.get_default_pip_requirements()  # inferring them loads the model in a child process
-        mlflow.pytorch.log_model(model.eval(), name="model", input_example=example.numpy(), pip_requirements=pinned)
+        # MLflow 3 keeps a logged model apart from the run's artifacts: its own URI (models:/m-...) is what loads
+        logged = mlflow.pytorch.log_model(
+            model.eval(), name="model", input_example=example.numpy(), pip_requirements=pinned
+        )
         mlflow.log_artifact(str(checkpoint), "best")
-        model_uri = mlflow.get_artifact_uri("model")
+    model_uri = logged.model_uri
 
     chosen = report.pareto_front(pool, s.METRIC, s.MODE, "macs") if final_front else ranked.head(final_top_k)
-    final = retrain(job, chosen, frame.attrs["params"], final_seeds) if len(chosen) else None
-    summary = report.summarize(job.space, frame, pool, best_row, test, start, model_uri, final)
+    final = retrain(job, chosen, final_seeds) if len(chosen) else None
+    study = load_study(job.path, job.space)
+    summary = report.summarize(job.space, frame, pool, best_row, test, start, model_uri, final, study)
+    summary["best_config_file"] = str(write_best_config(job.path, report.trial_config(frame, best_row.trial_id)))
     view = mlflow_ui.save_view(job.client, job.experiment_id, job.parent_run_id, s.METRIC, frame.attrs["params"])
     summary["ui"] = mlflow_ui.link(job.client.tracking_uri, view)
-    report.log_to_parent(
-        job.client, job.parent_run_id, job.space, frame, pool, load_study(job.path, job.space), summary
-    )
+    report.log_to_parent(job.client, job.parent_run_id, job.space, frame, pool, study, summary)
     return SearchResult(
-        best_config={k: report.plain(best_row[k]) for k in frame.attrs["params"]},
+        best_config=summary["best_config"],
         best_val=float(best_row[s.METRIC]), test=test, experiment_path=results.experiment_path,
         parent_run_id=job.parent_run_id, tracking_uri=job.client.tracking_uri, summary=summary, results=results,
     )  # fmt: skip

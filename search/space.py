@@ -96,6 +96,8 @@ class Settings:
                 value = float(value)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise SpaceError(f"{path}: {f.name} must be {kind.__name__} ({meaning['meaning']}), got {value!r}")
+            if kind is float and not math.isfinite(value):  # nan passes every range check (nan < 0 is false)
+                raise SpaceError(f"{path}: {f.name}={value!r}: must be a finite number ({meaning['meaning']})")
             values[f.name] = value
         settings = cls(**values)
         problem = settings._problem()
@@ -117,6 +119,9 @@ class Settings:
             return "METRIC", f"unknown metric; choose from: {', '.join(METRICS_MODES)}"
         if self.MODE not in ("max", "min"):
             return "MODE", "must be 'max' or 'min'"
+        if METRICS_MODES[self.METRIC] != self.MODE:
+            better = "higher" if METRICS_MODES[self.METRIC] == "max" else "lower"
+            return "MODE", f"{self.METRIC} is better {better}, so this would keep the worst trial; leave MODE out"
         for name in ("MAX_EPOCHS", "NUM_SAMPLES", "GRACE_PERIOD"):
             if getattr(self, name) < 1:
                 return name, "must be at least 1"

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,3 +101,51 @@ def write_state(folder: Path, state: SearchState) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2))
     os.replace(tmp, path)
+
+
+@contextmanager
+def claim(storage: str, name: str) -> Iterator[Path]:
+    """Claims `storage/name` for a new search: its search.json, created exclusively, the block to fill it in.
+
+    Two searches started with one --name both find no search.json; only one can create it (O_EXCL is atomic, on
+    NFS too since v3). If the block fails before `write_state` fills the file, the claim is released: the empty
+    file goes, and the folder too when the claim made it and it is still empty.
+
+    Raises:
+        UsageError: a search of that name exists, or is starting this moment.
+    """
+    path = state_path(storage, name)
+    made = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise UsageError(
+            f"--name {name}: a search of that name exists in {storage}; use --resume or a new name"
+        ) from None
+    try:
+        yield path
+    except BaseException:
+        if path.stat().st_size == 0:  # never written: nothing of this search exists
+            path.unlink()
+            if made:
+                with suppress(OSError):  # something else is in it now
+                    path.parent.rmdir()
+        raise
+
+
+BEST_CONFIG_FILE = "best_config.json"
+
+
+def write_best_config(folder: str | os.PathLike, config: dict) -> Path:
+    """Writes a search's winning config, whole and exact, as best_config.json (atomically, replacing the last
+    winner's): `python -m search.train --config` of it trains that trial again.
+
+    Returns:
+        The file's path.
+    """
+    path = Path(folder, BEST_CONFIG_FILE)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path

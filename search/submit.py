@@ -34,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from search import cli
+from search.cluster import ray_token, scoped_env, token_error
 from search.errors import UsageError, one_line
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -56,49 +57,8 @@ FORWARDED_ENV = (
 PROBE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
              "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}  # fmt: skip
 
-TOKEN_HELP = "on the head node `ray get-auth-token` prints it"
 CONNECT_TIMEOUT_S = 30  # a dashboard that does not answer within this is reported, not waited on
-
-
-def ray_token() -> tuple[str, str]:
-    """The Ray auth token and where it came from, in Ray's own order; ("", "") when there is none.
-
-    Raises:
-        UsageError: RAY_AUTH_TOKEN_PATH names a file that cannot be read or is empty (Ray fails on it too).
-    """
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
-        return os.environ["RAY_AUTH_TOKEN"].strip(), "RAY_AUTH_TOKEN"
-    if path := os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        try:
-            token = Path(path).expanduser().read_text().strip()
-        except OSError as exc:
-            raise UsageError(f"RAY_AUTH_TOKEN_PATH={path}: cannot read it ({exc.strerror})") from None
-        if not token:
-            raise UsageError(f"RAY_AUTH_TOKEN_PATH={path}: the file is empty; {TOKEN_HELP}")
-        return token, path
-    default = Path.home() / ".ray" / "auth_token"
-    if default.is_file() and (token := default.read_text().strip()):
-        return token, str(default)
-    return "", ""
-
-
-@contextlib.contextmanager
-def _env(values: dict[str, str | None]) -> Iterator[None]:
-    """Sets (or, for None, removes) environment variables for the duration of a block."""
-    saved = {k: os.environ.get(k) for k in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+ANSWER_TIMEOUT_S = 10  # a dashboard answers /api/version in milliseconds; the Jobs SDK would wait forever
 
 
 @contextlib.contextmanager
@@ -110,17 +70,8 @@ def _cluster_errors(address: str, job_id: str = "") -> Iterator[None]:
     try:
         yield
     except AuthenticationError as exc:
-        token, source = ray_token()
-        if not token:
-            raise UsageError(
-                f"Ray cluster {address} needs an auth token and none was found: set RAY_AUTH_TOKEN, or "
-                f"RAY_AUTH_TOKEN_PATH to a file holding it, or put it in ~/.ray/auth_token ({TOKEN_HELP})"
-            ) from None
-        if "Forbidden" in str(exc) or "invalid" in str(exc):
-            raise UsageError(
-                f"Ray cluster {address} rejected the auth token from {source}: it is not this cluster's token "
-                f"({TOKEN_HELP})"
-            ) from None
+        if not ray_token()[0] or "Forbidden" in str(exc) or "invalid" in str(exc):
+            raise token_error(address) from None
         raise UsageError(f"Ray cluster {address}: {str(exc).strip().splitlines()[0]}") from None
     except ConnectionError as exc:  # the SDK's own, and requests' (a subclass of OSError, like it)
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
@@ -149,12 +100,15 @@ def connect(address: str):
     token, _ = ray_token()
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     # The SDK lets RAY_ADDRESS and RAY_API_SERVER_ADDRESS override the address it is given; --address wins here.
-    with _cluster_errors(address), _env({"RAY_ADDRESS": None, "RAY_API_SERVER_ADDRESS": None}):
+    with _cluster_errors(address), scoped_env({"RAY_ADDRESS": None, "RAY_API_SERVER_ADDRESS": None}):
         return JobSubmissionClient(address, headers=headers)
 
 
 def _probe_dashboard(address: str) -> None:
-    """Fails in seconds when nothing listens at the dashboard's address (a silent firewall would hang the SDK)."""
+    """Fails in seconds when nothing listens at the dashboard's address (a silent firewall would hang the SDK), or
+    when what listens never answers (the SDK's requests have no timeout)."""
+    import requests
+
     parts = urlsplit(address if "://" in address else f"http://{address}")
     try:
         socket.create_connection((parts.hostname, parts.port or 8265), timeout=CONNECT_TIMEOUT_S).close()
@@ -163,6 +117,17 @@ def _probe_dashboard(address: str) -> None:
             f"cannot reach the Ray dashboard at {address} ({one_line(exc)}); is the cluster up, and is the address "
             "the head node's dashboard, http://HEAD:8265?"
         ) from None
+    if parts.scheme not in ("http", "https"):
+        return
+    try:  # whatever it answers is the SDK's to judge; only silence is judged here
+        requests.get(f"{parts.scheme}://{parts.netloc}/api/version", timeout=ANSWER_TIMEOUT_S)
+    except requests.exceptions.Timeout:
+        raise UsageError(
+            f"the Ray dashboard at {address} accepted the connection but did not answer within {ANSWER_TIMEOUT_S} s; "
+            "is the address the head node's dashboard, http://HEAD:8265?"
+        ) from None
+    except requests.exceptions.RequestException:
+        pass
 
 
 def git_commit() -> str:
@@ -221,13 +186,21 @@ def checked_command(run_argv: list[str], tracking_uri: str) -> list[str]:
     from search import run  # its own parser: an option search.run lacks fails here, not in the job
     from search.space import load_space
 
-    args = run._parser().parse_args(run_argv)
+    parser = run._parser()
+    parser.set_defaults(storage=None)  # search.run's default, ./runs, is no place for a cluster's checkpoints
+    args = parser.parse_args(run_argv)
     if args.address:
         raise UsageError("--address is the submitter's (the dashboard); the job joins the cluster it runs on")
     path = Path(args.space).resolve()
     if not path.is_relative_to(PROJECT):
         raise UsageError(f"{args.space}: the space file must be inside {PROJECT}, the folder the job gets")
     load_space(path, {}, args.smoke)  # a typo in the space file fails here, in a second
+    if args.storage is None:
+        raise UsageError(
+            "--storage is required for a cluster search: search.run's default, ./runs, would land in the job's "
+            "temporary working directory; pass storage every node shares, e.g. --storage /shared/$USER/runs (an "
+            "NFS mount) or an s3:// URI"
+        )
     if "://" not in args.storage and not Path(args.storage).is_absolute():
         raise UsageError(
             f"--storage {args.storage}: give storage every node shares, as an absolute path (an NFS mount) or a "
@@ -270,7 +243,7 @@ def check_tracking(tracking_uri: str) -> None:
     """
     from search.tracking import open_store
 
-    with _env({k: os.environ.get(k, v) for k, v in PROBE_ENV.items()}):
+    with scoped_env({k: os.environ.get(k, v) for k, v in PROBE_ENV.items()}):
         open_store(tracking_uri)
 
 

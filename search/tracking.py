@@ -49,7 +49,7 @@ METRICS = (
     "train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr", "epoch_seconds", "images_per_second",
     "params", "macs", "latency_ms",  # the trial's cost: constant, logged with every epoch so charts can use it
 )  # fmt: skip
-STATUS = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "errored": "FAILED",
+STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAILED", "errored": "FAILED",
           "interrupted": "KILLED", "running": "RUNNING"}  # fmt: skip
 # Whole epochs and their `epoch` and node_id tags in one request: MlflowClient.log_batch splits anything bigger
 # and sends the tags with the first part, which would let the tag claim epochs still on their way.
@@ -213,15 +213,21 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
 
     Creates missing runs, appends the epochs MLflow lacks, ends each run as its trial ended (or KILLED with
     outcome `interrupted` when the search stopped before it did) and deletes runs of trials the experiment does
-    not know (created after its last snapshot by a driver that was then killed). Idempotent.
+    not know (created after its last snapshot by a driver that was then killed). Idempotent. Without a snapshot
+    (a search killed before its first, a partial copy) it changes nothing: deleting needs a record to compare with.
+
+    Raises:
+        UsageError: the snapshot cannot be read (truncated, not Tune's); nothing is changed then.
 
     Returns:
         Counts of what changed: created, epochs, ended, deleted.
     """
     experiment_path = Path(experiment_path)
+    changed = {"created": 0, "epochs": 0, "ended": 0, "deleted": 0}
+    if not has_snapshot(experiment_path):  # killed before its first snapshot, or a partial copy: nothing known
+        return changed  # and nothing known is no reason to delete: a run is an orphan only beside a snapshot
     trials = _tune_trials(experiment_path)
     runs = child_runs(client, experiment_id, parent_run_id, stage)
-    changed = {"created": 0, "epochs": 0, "ended": 0, "deleted": 0}
     for trial_id, run in runs.items():
         if trial_id not in trials:
             client.delete_run(run.info.run_id)
@@ -300,7 +306,12 @@ def _tune_trials(experiment_path: Path) -> dict[str, Trial]:
     first one."""
     if not has_snapshot(experiment_path):
         return {}
-    return {t.trial_id: t for t in tune.ExperimentAnalysis(str(experiment_path)).trials}
+    try:
+        analysis = tune.ExperimentAnalysis(str(experiment_path))
+    except (ValueError, KeyError, TypeError) as exc:  # a torn or foreign JSON file (JSONDecodeError is a ValueError)
+        raise UsageError(f"{experiment_path}: Tune's snapshot (experiment_state-*.json) is unreadable "
+                         f"({one_line(exc, 200)}); is the folder a complete copy?") from None  # fmt: skip
+    return {t.trial_id: t for t in analysis.trials}
 
 
 class LiveTracking(tune.Callback):
@@ -430,6 +441,11 @@ def sync_search(folder: str | Path) -> dict[str, int]:
     """Syncs a search folder (runs/NAME, which holds search.json) and its final retrains to its MLflow store."""
     folder = Path(folder).resolve()  # Tune's storage layer takes absolute paths or URIs only
     state = read_state(folder)
+    if not has_snapshot(folder):
+        raise UsageError(
+            f"{folder}: no Tune snapshot (experiment_state-*.json) there, so nothing to sync from: a partial copy, "
+            "or a search stopped before its first snapshot; MLflow is left as it is"
+        )
     client = open_store(state.tracking_uri)
     totals = sync(folder, client, state.experiment_id, state.parent_run_id, state.max_epochs)
     final = Path(f"{folder}-final")
@@ -446,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     sync_cmd.add_argument("folder", help="the search's folder, e.g. runs/vgg_cifar100-20261124-101500")
     sync_cmd.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
+    cli.cap_mlflow_retries()
     changed = sync_search(args.folder)
     print("synced: " + ", ".join(f"{n} {what}" for what, n in changed.items()))
     return 0

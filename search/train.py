@@ -29,7 +29,7 @@ from models import build_model
 from models.cost import count
 from search import cli
 from search.batches import Batches
-from search.data import DATASETS, Splits, load_splits
+from search.data import DATASETS, Splits, load_splits, note_if_fake
 from search.errors import CheckpointError, ConfigError, UsageError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
@@ -116,6 +116,10 @@ class TrainConfig:
         Raises:
             ConfigError: naming the key and the bad value.
         """
+        for f in dataclasses.fields(self):  # nan passes every range check below (nan < 0 is false)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}: must be a finite number, got {value}")
         if self.dataset not in DATASETS:
             raise ConfigError(f"dataset: unknown '{self.dataset}'; choose from: {', '.join(DATASETS)}")
         if self.optimizer not in OPTIMIZERS:
@@ -128,9 +132,17 @@ class TrainConfig:
         for key in ("lr", "gamma"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key}: must be > 0, got {getattr(self, key)}")
-        for key in ("weight_decay", "momentum", "label_smoothing", "grad_clip", "warmup_epochs"):
+        for key in ("weight_decay", "grad_clip", "warmup_epochs", "plateau_patience"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum: must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.label_smoothing <= 1:
+            raise ConfigError(f"label_smoothing: must be between 0 and 1, got {self.label_smoothing}")
+        if not 0 <= self.seed < 2**32:  # numpy's and Optuna's seeds are 32-bit
+            raise ConfigError(f"seed: must be between 0 and 2**32 - 1, got {self.seed}")
+        if self.device != "auto" and _device_type(self.device) not in DEVICE_TYPES:
+            raise ConfigError(f"device: unknown '{self.device}'; choose from: auto, {', '.join(DEVICE_TYPES)}, cuda:N")
         for key in ("train_subset", "val_subset", "test_subset"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{key}: must be >= 0 (0 = all), got {getattr(self, key)}")
@@ -146,6 +158,9 @@ class TrainConfig:
                 self.build_model()
         except ValueError as exc:  # models/ knows nothing of this project's errors; PoolingCollapse stays the cause
             raise ConfigError(str(exc)) from exc
+        except RuntimeError as exc:  # on the meta device nothing is allocated: only the shapes can be at fault
+            options = ", ".join(f"{k}={v!r}" for k, v in self.model_options.items())
+            raise ConfigError(f"{self.model} with {options or 'its defaults'}: cannot be built ({exc})") from None
 
     @property
     def step_lr(self) -> float:
@@ -218,10 +233,30 @@ class TrainResult:
         return self.history[-1]["epoch"] if self.history else 0
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _device_type(name: str) -> str:
+    try:
+        return torch.device(name).type
+    except (RuntimeError, TypeError):  # "Expected one of cpu, cuda, ... device type at start of device string"
+        return ""
+
+
 def resolve_device(name: str) -> torch.device:
+    """The device to train on; checked where training runs, since a search's driver may have no GPU of its own.
+
+    Raises:
+        ConfigError: a device this machine does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device: '{name}', but torch sees {torch.cuda.device_count()} CUDA devices here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: '{name}', but torch sees no MPS device here")
+    return device
 
 
 def load_data(config: TrainConfig) -> Splits:
@@ -538,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
             values = json.loads(Path(args.config).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise UsageError(f"--config {args.config}: {exc}") from None
+        if not isinstance(values, dict):  # best_config.json or a trial's params.json: one object of config keys
+            raise UsageError(f"--config {args.config}: expected a JSON object of config keys, got {values!r:.80}")
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_options"}
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     values.update(cli.parse_sets(args.set))
@@ -548,6 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             save_checkpoint(Path(args.out) / "checkpoint.pt", state)
 
+    note_if_fake(config.dataset, config.data_dir)  # first, before any epoch: fake data is never taken for real
     result = train(config, on_epoch=progress, resume=args.resume or None)
     test = evaluate_test(result.model, config)
     print(

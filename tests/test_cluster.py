@@ -316,6 +316,7 @@ def submit_error(argv: list[str]) -> str:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
+        ([], "--storage is required for a cluster search: search.run's default, ./runs, would land in"),
         (["--storage", "runs"], "--storage runs: give storage every node shares"),
         (["--storage", "/shared/runs", "--data-dir", "data"], "--data-dir data: give an absolute path"),
         (["--storage", "/shared/runs", "--no-such-option"], "unrecognized arguments: --no-such-option"),
@@ -631,6 +632,46 @@ def test_unreachable_mlflow_fails_at_submit_in_seconds(ray_cluster, mlflow_serve
     assert message.startswith("MLflow tracking store http://127.0.0.1:")
     assert time.monotonic() - start < 60  # MLflow's own retries take minutes to give up
     assert ray_cluster.job_ids() == before
+
+
+# --- search.run --address HOST:PORT: joining the token cluster from a shell without RAY_AUTH_MODE ---------------
+
+JOIN = "import sys, ray; from search import cluster; cluster.connect(sys.argv[1], quiet=True); print(len(ray.nodes()))"
+
+
+@pytest.mark.parametrize("where", ["RAY_AUTH_TOKEN", "~/.ray/auth_token"])
+def test_search_run_joins_a_token_cluster_with_the_token_at_hand(ray_cluster, where, tmp_path):
+    """The shell has the token (its variable, or the file `ray get-auth-token` users keep) but not
+    RAY_AUTH_MODE=token: Ray alone would retry for ~40 s and fail with a ConnectionError."""
+    env = clean_env(HOME=str(tmp_path))
+    if where == "RAY_AUTH_TOKEN":
+        env["RAY_AUTH_TOKEN"] = ray_cluster.token
+    else:
+        (tmp_path / ".ray").mkdir()
+        (tmp_path / ".ray" / "auth_token").write_text(ray_cluster.token + "\n")
+    start = time.monotonic()
+    joined = python("-c", JOIN, ray_cluster.gcs, env=env, timeout=120)
+    assert joined.returncode == 0, joined.stderr[-3000:]
+    assert joined.stdout.split()[-1] == "2" and time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [(None, "needs an auth token and none was found: set RAY_AUTH_TOKEN"),
+     ("0" * 64, "rejected the auth token from RAY_AUTH_TOKEN: it is not this cluster's token")],
+)  # fmt: skip
+def test_search_run_without_the_clusters_token_is_one_line(ray_cluster, data_dir, token, message, tmp_path):
+    env = clean_env(HOME=str(tmp_path), **({"RAY_AUTH_TOKEN": token} if token else {}))
+    start = time.monotonic()
+    result = python(
+        "-m", "search.run", SPACE, "--address", ray_cluster.gcs, "--smoke", "--name", "no-token",
+        "--storage", str(tmp_path / "runs"), "--data-dir", str(data_dir),
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", env=env, timeout=120,
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert f"Ray cluster {ray_cluster.gcs} {message}" in line, line
+    assert time.monotonic() - start < 30  # not Ray's ~40 s of retries
+    assert not (tmp_path / "runs" / "no-token").exists()
 
 
 # --- searches submitted to the cluster ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -301,14 +302,71 @@ def test_bad_batches_arguments(kwargs, message):
 @pytest.mark.parametrize("name", NAMES)
 def test_missing_files_say_what_to_put_where(name, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian"))
+    # a clone with its .venv, where `make search` runs `.venv/bin/python -m search.run`
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
     with pytest.raises(DataError) as err:
-        load_arrays(name, str(tmp_path), download=False)
+        load_arrays(name, str(tmp_path / "data"), download=False)
     message = str(err.value)
     assert "\n" not in message
-    assert str(tmp_path / DATASETS[name].folder) in message
+    assert str(tmp_path / "data" / DATASETS[name].folder) in message
     assert all(f in message for f in DATASETS[name].files)
-    assert f"python -m search.fake_data --dataset {name} --out {tmp_path}" in message
+    # the interpreter that is running (a bare `python` may have no torch), and a folder apart from the real data
+    assert (
+        f": .venv/bin/python -m search.fake_data --dataset {name} --out data-fake --train 2000 --test 500 " in message
+    )
+    assert message.endswith("pass  --data-dir data-fake")
     assert ("dataset-fashion-mnist" in message) == (name == "fashion_mnist")
+    assert not (tmp_path / "data").exists()  # a failed first load leaves no folder (nor its lock file) behind
+
+
+def test_missing_files_elsewhere_give_absolute_paths(tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setattr(sys, "executable", "/opt/my env/bin/python")
+    fake_dir = tmp_path / "shared" / "fake-cifar"  # already a folder for fake data: no "fake-cifar-fake"
+    with pytest.raises(DataError) as err:
+        load_arrays("cifar10", str(fake_dir), download=False)
+    assert f": '/opt/my env/bin/python' -m search.fake_data --dataset cifar10 --out {fake_dir} " in str(err.value)
+    assert str(err.value).endswith(f"pass  --data-dir {fake_dir}")
+
+
+def test_a_truncated_fake_file_says_how_to_write_it_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_fake("mnist", "data-fake", 50, 10)
+    victim = tmp_path / "data-fake" / DATASETS["mnist"].folder / DATASETS["mnist"].files[0]
+    victim.write_bytes(victim.read_bytes()[:100])
+    with pytest.raises(DataError, match=rf"^{victim}: truncated or corrupt .* -m search.fake_data --dataset mnist "
+                                        r"--out data-fake "):  # fmt: skip
+        load_arrays("mnist", "data-fake")
+
+
+@pytest.mark.slow  # Python processes that import torch
+def test_the_missing_data_message_gives_a_command_that_works_as_printed(tmp_path):
+    # A person in a fresh folder with the project's .venv, no virtualenv active: the command they copy from the
+    # message runs as printed, and writes fake data apart from ./data, which the message's --data-dir then reads.
+    (tmp_path / ".venv").symlink_to(Path(sys.prefix))
+    venv_bin = str(Path(sys.prefix) / "bin")
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "SEARCH_DATA_DIR")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+
+    def sh(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    first = sh(".venv/bin/python -m search.data check --dataset cifar10 --no-download")
+    assert first.returncode == 2, first.stderr
+    (message,) = first.stderr.splitlines()
+    command = re.search(r"(\S*python\S* -m search\.fake_data .*?)(?:  |$)", message)[1]
+    wrote = sh(command)
+    assert wrote.returncode == 0, f"{command}\n{wrote.stderr}"
+    fake_dir = re.search(r"--out (\S+)", command)[1]
+    assert message.endswith(f"pass  --data-dir {fake_dir}")
+    assert (tmp_path / fake_dir / DATASETS["cifar10"].folder / data.FAKE_MARKER).is_file()
+    assert not (tmp_path / "data").exists()  # the real data dir got no fake data
+    check = sh(f".venv/bin/python -m search.data check --dataset cifar10 --no-download --data-dir {fake_dir}")
+    assert check.returncode == 0, check.stderr
+    assert "fake data written by search.fake_data, 2000 train + 500 test images" in check.stdout
 
 
 OFFLINE = """

@@ -63,7 +63,7 @@ def check_tracking(client: MlflowClient, result, num_samples: int) -> list:
     runs = children(client, result.parent_run_id)
     assert len(runs) == num_samples
     assert len({r.data.tags["trial_id"] for r in runs}) == num_samples
-    status = {"completed": "FINISHED", "stopped_early": "KILLED", "diverged": "FAILED", "errored": "FAILED"}
+    status = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAILED", "errored": "FAILED"}
     for run in runs:
         outcome = run.data.tags["outcome"]
         assert run.info.status == status[outcome], (outcome, run.info.status)
@@ -119,7 +119,10 @@ def test_max_macs_keeps_every_trial_within_budget_and_the_front_can_be_retrained
 
 def test_asha_stops_trials_and_optuna_sees_them_pruned(data_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    sets = {"NUM_SAMPLES": 6, "MAX_EPOCHS": 4, "GRACE_PERIOD": 1, "REDUCTION_FACTOR": 2, "lr": 0.03}
+    # one trial at a time and no audit controls (picked by trial id, which Ray draws at random): the same seeded
+    # configs reach each rung in the same order, so ASHA makes the same decisions every run, whatever the load
+    sets = {"NUM_SAMPLES": 6, "MAX_EPOCHS": 4, "GRACE_PERIOD": 1, "REDUCTION_FACTOR": 2, "lr": 0.03,
+            "MAX_CONCURRENT": 1, "AUDIT_FRACTION": 0.0}  # fmt: skip
     result = search(
         str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets=sets, data_dir=str(data_dir),
         storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True,
@@ -281,9 +284,12 @@ def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_di
 
 def test_final_retrains_report_mean_and_spread_over_seeds(data_dir, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # GRACE_PERIOD = the smoke's MAX_EPOCHS: no trial stops early, so two ran in full to be retrained (the retrains
+    # come from the trials that ran in full; ASHA could leave one)
     result = search(
-        str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets={"NUM_SAMPLES": 3}, data_dir=str(data_dir),
-        storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True, final_top_k=2, final_seeds=2,
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets={"NUM_SAMPLES": 3, "GRACE_PERIOD": 2},
+        data_dir=str(data_dir), storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True, final_top_k=2,
+        final_seeds=2,
     )  # fmt: skip
     final = result.summary["final"]["configs"]
     assert len(final) == 2 and all(row["seeds"] == 2 for row in final)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +20,7 @@ from tune_fakes import fake_trial, fake_trial_variant
 
 from search import mlflow_ui
 from search.data import load_splits
+from search.errors import UsageError
 from search.fake_data import write_fake
 from search.state import SearchState, write_state
 from search.tracking import (
@@ -75,7 +81,7 @@ def test_sync_builds_one_complete_run_per_trial_and_is_idempotent(experiment, st
     state = snapshot(client, experiment_id, parent)
     assert sorted(state.values()) == sorted([
         ("FINISHED", "completed", [1, 2, 3]), ("FINISHED", "completed", [1, 2, 3]),
-        ("KILLED", "stopped_early", [1, 2]), ("FAILED", "errored", [1]),
+        ("FINISHED", "stopped_early", [1, 2]), ("FAILED", "errored", [1]),
     ])  # fmt: skip
     errored = next(r for r in child_runs(client, experiment_id, parent, "search").values()
                    if r.data.tags["outcome"] == "errored")  # fmt: skip
@@ -233,3 +239,88 @@ def test_a_request_of_epochs_fits_one_mlflow_request_with_its_epoch_tag():
     assert len(every_metric) == len(METRICS)
     assert EPOCHS_PER_REQUEST * len(every_metric) <= MAX_METRICS_PER_BATCH
     assert EPOCHS_PER_REQUEST * len(every_metric) + 2 <= MAX_ENTITIES_PER_BATCH  # the epoch and node_id tags
+
+
+def test_a_trial_asha_stopped_ends_finished_with_its_outcome_not_as_a_failure(experiment, store):
+    """Stopping a weak trial early is the search working: KILLED drew the red cross of a failure in the MLflow UI
+    (issue 21, defect 9). Its run ends FINISHED, its `outcome` tag says stopped_early; a run an older search left
+    KILLED is corrected by the next sync."""
+    client, experiment_id, parent = store
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    stopped = [r for r in child_runs(client, experiment_id, parent, "search").values()
+               if r.data.tags["outcome"] == "stopped_early"]  # fmt: skip
+    assert [(r.info.status, r.data.tags["epoch"]) for r in stopped] == [("FINISHED", "2")]
+    client.set_terminated(stopped[0].info.run_id, status="KILLED")  # as the search ended it before
+    assert sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)["ended"] == 1
+    assert client.get_run(stopped[0].info.run_id).info.status == "FINISHED"
+
+
+def _search_folder(experiment: Path, tmp_path: Path, client: MlflowClient, experiment_id: str, parent: str) -> Path:
+    """runs/exp: a copy of the experiment with the search.json that `python -m search.tracking sync` reads."""
+    folder = shutil.copytree(experiment, tmp_path / "runs" / "exp")
+    state = SearchState("space.py", "sha", {}, experiment="sync", experiment_id=experiment_id,
+                        parent_run_id=parent, tracking_uri=client.tracking_uri, max_epochs=EPOCHS)  # fmt: skip
+    write_state(folder, state)
+    return folder
+
+
+def test_sync_cli_refuses_a_folder_without_its_snapshot_and_deletes_nothing(experiment, store, tmp_path, cli_exit):
+    """Issue 22: a partial copy (no experiment_state-*.json) exited 0 having deleted every child run ("4 deleted")."""
+    client, experiment_id, parent = store
+    folder = _search_folder(experiment, tmp_path, client, experiment_id, parent)
+    assert tracking_main(["sync", str(folder)]) == 0
+    before = snapshot(client, experiment_id, parent)
+    for state_file in folder.glob("experiment_state-*.json"):
+        state_file.unlink()
+    code, out, err = cli_exit(tracking_main, ["sync", folder])
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{folder}: no Tune snapshot (experiment_state-*.json)" in err
+    assert snapshot(client, experiment_id, parent) == before and len(before) == 4
+
+
+def test_sync_without_a_snapshot_deletes_no_run(experiment, store, tmp_path):
+    """At the start of a --resume or the end of a search, no snapshot means nothing known: runs are kept."""
+    client, experiment_id, parent = store
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    before = snapshot(client, experiment_id, parent)
+    copy = shutil.copytree(experiment, tmp_path / "partial", ignore=shutil.ignore_patterns("experiment_state-*"))
+    assert sync(copy, client, experiment_id, parent, max_epochs=EPOCHS) == dict.fromkeys(
+        ("created", "epochs", "ended", "deleted"), 0
+    )
+    assert snapshot(client, experiment_id, parent) == before and len(before) == 4
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "a list"])
+def test_sync_of_an_unreadable_snapshot_is_one_line_and_deletes_no_run(experiment, store, tmp_path, damage):
+    client, experiment_id, parent = store
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    before = snapshot(client, experiment_id, parent)
+    copy = shutil.copytree(experiment, tmp_path / "torn")
+    (state_file,) = copy.glob("experiment_state-*.json")
+    text = state_file.read_text()
+    state_file.write_text({"truncated": text[: len(text) // 2], "empty": "", "a list": "[]"}[damage])
+    with pytest.raises(UsageError, match=r"torn: Tune's snapshot \(experiment_state-\*.json\) is unreadable") as info:
+        sync(copy, client, experiment_id, parent, max_epochs=EPOCHS)
+    assert "\n" not in str(info.value)
+    assert snapshot(client, experiment_id, parent) == before
+
+
+@pytest.mark.slow
+def test_sync_of_a_search_whose_store_is_down_says_so_in_seconds(tmp_path):
+    """Issue 22: MLflow's default retries took 268 s to fail against a dead server; the CLI caps them as search.run
+    does. A real process: the caps are environment defaults, set by the entry point."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tmp_path / "runs" / "exp"
+    write_state(folder, SearchState("space.py", "sha", {}, experiment="x", experiment_id="1", parent_run_id="p",
+                                    tracking_uri=f"http://127.0.0.1:{port}", max_epochs=EPOCHS))  # fmt: skip
+    (folder / "experiment_state-2026-12-03_00-00-00.json").write_text("{}")  # reached only after the store
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "search.tracking", "sync", str(folder)], capture_output=True,
+                            text=True, env=env, timeout=200)  # fmt: skip
+    took = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and f"127.0.0.1:{port}" in result.stderr, result.stderr
+    assert took < 60, took

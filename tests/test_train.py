@@ -209,3 +209,13 @@ def test_augmentation_defaults_to_what_suits_the_dataset(values, augment):
     config = TrainConfig.from_dict(values)
     assert config.augment is augment
     assert config.flat()["augment"] is augment  # what MLflow logs is the value used, never None
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"lr=0.1"', "3"])
+def test_a_config_file_that_is_not_one_object_of_keys_is_one_line(text, tmp_path, cli_exit):
+    """A list or a string in --config was an AttributeError traceback."""
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    code, _, err = cli_exit(train_main, ["--config", path])
+    assert code == 2 and f"--config {path}: expected a JSON object of config keys" in err
+    assert len(err.strip().splitlines()) == 1, err
