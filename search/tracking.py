@@ -11,6 +11,10 @@ While a search runs, `LiveTracking` logs results as they arrive, from a thread o
 waits on the store. It is best-effort: when the store fails it stops logging the trials it missed, and the next
 sync fills every gap. Each run's `epoch` tag counts the epochs MLflow holds without a gap; it travels in the same
 request as those epochs' metrics, so it never claims more than MLflow has.
+
+Each trial's run also holds the best value of the search's metric so far and the epoch it came at (`best_val_acc`,
+`best_epoch`), sent with the epochs that set them: sorting the runs table by that column ranks the trials, the
+ones ASHA stopped too, by the best each reached.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -51,9 +56,10 @@ METRICS = (
 )  # fmt: skip
 STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAILED", "errored": "FAILED",
           "interrupted": "KILLED", "running": "RUNNING"}  # fmt: skip
-# Whole epochs and their `epoch` and node_id tags in one request: MlflowClient.log_batch splits anything bigger
-# and sends the tags with the first part, which would let the tag claim epochs still on their way.
-EPOCHS_PER_REQUEST = (MAX_ENTITIES_PER_BATCH - 2) // len(METRICS)
+# Whole epochs, their best-so-far pair and their `epoch` and node_id tags in one request: MlflowClient.log_batch
+# splits anything bigger and sends the tags with the first part, which would let the tag claim epochs still on
+# their way.
+EPOCHS_PER_REQUEST = (MAX_ENTITIES_PER_BATCH - 2 - 2) // len(METRICS)
 RETRY_SECONDS = 30  # after a failed request, live logging rests this long before trying the store again
 
 
@@ -63,7 +69,7 @@ def open_store(tracking_uri: str | None) -> MlflowClient:
     Raises:
         UsageError: one line naming the tracking URI and what went wrong (unreachable, credentials).
     """
-    uri = tracking_uri or mlflow.get_tracking_uri()
+    uri = absolute_store_uri(tracking_uri or mlflow.get_tracking_uri())
     # Opening a new sqlite store creates its tables; two searches starting at once would race doing so.
     lock = FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else nullcontext()
     try:
@@ -76,6 +82,15 @@ def open_store(tracking_uri: str | None) -> MlflowClient:
             reason = "credentials rejected (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
         raise UsageError(f"MLflow tracking store {uri}: {reason}") from None
     return client
+
+
+def absolute_store_uri(uri: str) -> str:
+    """A sqlite store's URI with an absolute path: `sqlite:///mlflow.db` (MLflow's default) means the folder the
+    command started in, and a search records its store's URI for --resume and sync, which may run elsewhere."""
+    path = uri.removeprefix("sqlite:///")
+    if uri.startswith("sqlite:///") and path != ":memory:" and not path.startswith("/"):
+        return f"sqlite:///{Path(path).resolve()}"
+    return uri
 
 
 def artifact_root(tracking_uri: str) -> str | None:
@@ -171,12 +186,54 @@ def _metrics(result: dict) -> list[Metric]:
     return out
 
 
-def _log_epochs(client: MlflowClient, run_id: str, results: list[dict], node_id: str = "") -> None:
-    """Logs consecutive epochs; each request carries the `epoch` tag of the last epoch it holds."""
+@dataclass(frozen=True)
+class Ranking:
+    """The search's metric and which way is better: what a trial's best epoch is measured by."""
+
+    metric: str = "val_acc"
+    mode: str = "max"
+
+    @property
+    def key(self) -> str:
+        return f"best_{self.metric}"
+
+    def best(self, results: list[dict], earlier: tuple[float, int] | None = None) -> tuple[float, int] | None:
+        """(value, epoch) of the best finite value over `earlier` and these epochs; the first epoch on a tie."""
+        scored = ([earlier] if earlier else []) + [
+            (float(r[self.metric]), int(r["epoch"])) for r in results if _finite(r.get(self.metric))
+        ]
+        sign = 1 if self.mode == "max" else -1
+        return max(scored, key=lambda p: (sign * p[0], -p[1])) if scored else None
+
+    def logged(self, run: Run) -> tuple[float, int] | None:
+        """The (value, epoch) a run holds, if any."""
+        value, epoch = run.data.metrics.get(self.key), run.data.metrics.get(BEST_EPOCH)
+        return None if value is None or epoch is None else (value, int(epoch))
+
+    def metrics(self, best: tuple[float, int], timestamp: int, step: int) -> list[Metric]:
+        return [Metric(self.key, best[0], timestamp, step), Metric(BEST_EPOCH, float(best[1]), timestamp, step)]
+
+
+BEST_EPOCH = "best_epoch"
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _log_epochs(client: MlflowClient, run_id: str, results: list[dict], ranking: Ranking,
+                earlier: tuple[float, int] | None = None, node_id: str = "") -> tuple[float, int] | None:  # fmt: skip
+    """Logs consecutive epochs; each request carries the `epoch` tag of the last epoch it holds and the best
+    (value, epoch) so far, counting the `earlier` best of the epochs before these. Returns the best."""
+    best = earlier
     for i in range(0, len(results), EPOCHS_PER_REQUEST):
         chunk = results[i : i + EPOCHS_PER_REQUEST]
         tags = [RunTag("epoch", str(chunk[-1]["epoch"]))] + ([RunTag("node_id", node_id)] if node_id else [])
-        client.log_batch(run_id, metrics=[m for r in chunk for m in _metrics(r)], tags=tags)
+        metrics = [m for r in chunk for m in _metrics(r)]
+        if best := ranking.best(chunk, best):
+            metrics += ranking.metrics(best, metrics[-1].timestamp if metrics else 0, int(chunk[-1]["epoch"]))
+        client.log_batch(run_id, metrics=metrics, tags=tags)
+    return best
 
 
 def _end_run(client: MlflowClient, run_id: str, outcome: str, error: str = "") -> None:
@@ -208,12 +265,13 @@ def _error_line(trial_folder: Path) -> tuple[str, str]:
 
 
 def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, parent_run_id: str,
-         max_epochs: int, stage: str = "search") -> dict[str, int]:  # fmt: skip
+         max_epochs: int, stage: str = "search", ranking: Ranking = Ranking()) -> dict[str, int]:  # fmt: skip
     """Makes MLflow agree with Tune's record of an experiment: exactly one complete run per trial.
 
     Creates missing runs, appends the epochs MLflow lacks, ends each run as its trial ended (or KILLED with
     outcome `interrupted` when the search stopped before it did) and deletes runs of trials the experiment does
-    not know (created after its last snapshot by a driver that was then killed). Idempotent. Without a snapshot
+    not know (created after its last snapshot by a driver that was then killed); each run's best epoch by
+    `ranking` (the search's METRIC and MODE) is set as Tune's record has it. Idempotent. Without a snapshot
     (a search killed before its first, a partial copy) it changes nothing: deleting needs a record to compare with.
 
     Raises:
@@ -243,10 +301,14 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
         logged = _logged_epochs(client, run_id, tagged) if results and results[-1]["epoch"] > tagged else tagged
         missing = [r for r in results if r["epoch"] > logged]
         if missing:
-            _log_epochs(client, run_id, missing)
+            earlier = ranking.best([r for r in results if r["epoch"] <= logged])
+            _log_epochs(client, run_id, missing, ranking, earlier)
             changed["epochs"] += len(missing)
         elif logged > tagged:
             client.set_tag(run_id, "epoch", str(logged))
+        best = ranking.best(results)
+        if not missing and best and ranking.logged(run) != best:  # a run logged before runs held their best
+            client.log_batch(run_id, metrics=ranking.metrics(best, int(time.time() * 1000), int(results[-1]["epoch"])))
         outcome = _outcome(trial.status, folder, results[-1] if results else None, max_epochs, trial.max_failures)
         ended = run and run.data.tags.get("outcome") == outcome and run.info.status == STATUS[outcome]
         if ended and (outcome != "errored" or run.data.tags.get("error")):  # live logging ends runs without the trace
@@ -323,18 +385,20 @@ class LiveTracking(tune.Callback):
         parent_run_id: the search's parent run.
         max_epochs: the epoch budget of a full trial, to tell completed from stopped early.
         stage: tags every child run (`search`, or `final` for the retrains); sync works one stage at a time.
+        ranking: the search's METRIC and MODE, by which each run's best epoch is kept.
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, max_epochs: int,
-                 stage: str = "search") -> None:  # fmt: skip
+                 stage: str = "search", ranking: Ranking = Ranking()) -> None:  # fmt: skip
         self.tracking_uri, self.experiment_id, self.parent_run_id = tracking_uri, experiment_id, parent_run_id
-        self.max_epochs, self.stage = max_epochs, stage
+        self.max_epochs, self.stage, self.ranking = max_epochs, stage, ranking
         self._reset()
 
     def _reset(self) -> None:
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged: dict[str, int] = {}  # trial_id -> epochs MLflow holds without a gap
+        self._best: dict[str, tuple[float, int] | None] = {}  # trial_id -> its best (value, epoch) in MLflow
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._rest_until = 0.0
@@ -344,7 +408,7 @@ class LiveTracking(tune.Callback):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"ranking": Ranking(), **state})  # a search begun before runs held their best
         self._reset()
 
     def setup(self, **info) -> None:
@@ -411,6 +475,7 @@ class LiveTracking(tune.Callback):
         for trial_id, run in child_runs(self.client, self.experiment_id, self.parent_run_id, self.stage).items():
             self._runs[trial_id] = run.info.run_id
             self._logged[trial_id] = int(run.data.tags.get("epoch", 0))
+            self._best[trial_id] = self.ranking.logged(run)
 
     def _start(self, trial_id: str, config: dict) -> None:
         if trial_id in self._runs:  # resumed or retried: it continues its own run
@@ -418,7 +483,7 @@ class LiveTracking(tune.Callback):
             return
         args = (self.client, self.experiment_id, self.parent_run_id, self.stage, trial_id, config)
         self._runs[trial_id] = _create_run(*args)
-        self._logged[trial_id] = 0
+        self._logged[trial_id], self._best[trial_id] = 0, None
 
     def _epoch(self, trial_id: str, results: list[dict]) -> None:
         # Only the next epochs: after a gap (a failed request) the rest of this trial waits for sync.
@@ -429,7 +494,8 @@ class LiveTracking(tune.Callback):
             if int(result.get("epoch", 0)) == self._logged[trial_id] + len(new) + 1:
                 new.append(result)
         if new:
-            _log_epochs(self.client, self._runs[trial_id], new, node_id=str(new[-1].get("node_id", "")))
+            self._best[trial_id] = _log_epochs(self.client, self._runs[trial_id], new, self.ranking,
+                                               self._best.get(trial_id), node_id=str(new[-1].get("node_id", "")))
             self._logged[trial_id] += len(new)
 
     def _end(self, trial_id: str, outcome: str) -> None:
@@ -447,10 +513,12 @@ def sync_search(folder: str | Path) -> dict[str, int]:
             "or a search stopped before its first snapshot; MLflow is left as it is"
         )
     client = open_store(state.tracking_uri)
-    totals = sync(folder, client, state.experiment_id, state.parent_run_id, state.max_epochs)
+    ranking = Ranking(state.metric, state.mode)
+    totals = sync(folder, client, state.experiment_id, state.parent_run_id, state.max_epochs, ranking=ranking)
     final = Path(f"{folder}-final")
     if final.exists():
-        for key, n in sync(final, client, state.experiment_id, state.parent_run_id, state.max_epochs, "final").items():
+        args = (final, client, state.experiment_id, state.parent_run_id, state.max_epochs, "final", ranking)
+        for key, n in sync(*args).items():
             totals[key] += n
     return totals
 

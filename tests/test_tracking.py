@@ -30,6 +30,7 @@ from search.tracking import (
     _metrics,
     child_runs,
     ensure_experiment,
+    open_store,
     start_parent,
     sync,
 )
@@ -324,3 +325,12 @@ def test_sync_of_a_search_whose_store_is_down_says_so_in_seconds(tmp_path):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and f"127.0.0.1:{port}" in result.stderr, result.stderr
     assert took < 60, took
+
+
+def test_a_relative_sqlite_store_is_recorded_as_the_folder_it_was_started_in(tmp_path, monkeypatch):
+    """MLflow's default store, `sqlite:///mlflow.db`, was kept relative in search.json: a --resume or sync from
+    another folder opened (and created) another, empty store there."""
+    monkeypatch.chdir(tmp_path)
+    client = open_store("sqlite:///mlflow.db")
+    assert client.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    assert open_store(client.tracking_uri).tracking_uri == client.tracking_uri  # an absolute one stays as it is
