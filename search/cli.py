@@ -10,6 +10,7 @@ import ast
 import os
 import sys
 from collections.abc import Callable
+from urllib.parse import SplitResult, urlsplit
 
 from search.errors import SearchFailed, UsageError
 
@@ -50,6 +51,25 @@ def at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def parse_address(flag: str, address: str, schemes: tuple[str, ...]) -> SplitResult:
+    """An address, `host:port` or `scheme://host:port`, checked for its form before anything connects.
+
+    Raises:
+        UsageError: a scheme not in `schemes`, no host, or a port that is not a number in 1..65535.
+    """
+    try:
+        parts = urlsplit(address if "://" in address else f"{schemes[0]}://{address}")
+        port = parts.port  # urlsplit checks ports lazily
+        host = parts.hostname
+    except ValueError as exc:  # "Port could not be cast to integer value as 'abc'", "Invalid IPv6 URL"
+        raise UsageError(f"{flag} {address}: not an address ({exc}); expected {schemes[0]}://HOST:PORT") from None
+    if parts.scheme not in schemes:
+        raise UsageError(f"{flag} {address}: unknown scheme '{parts.scheme}://'; use {' or '.join(schemes)}")
+    if not host or port == 0:
+        raise UsageError(f"{flag} {address}: no {'host' if not host else 'port'}; expected {schemes[0]}://HOST:PORT")
+    return parts
 
 
 def parse_value(text: str) -> object:

@@ -196,23 +196,6 @@ def concurrency(settings: Settings) -> int:
     return min(n, s.MAX_CONCURRENT) if s.MAX_CONCURRENT else n
 
 
-def check_writable(storage: str) -> None:
-    """Fails before anything starts when checkpoints could not be written (URIs are left to Ray).
-
-    Raises:
-        UsageError: naming the path and why.
-    """
-    if "://" in storage:
-        return
-    existing = Path(storage)
-    while not existing.exists():  # checked without creating anything: nothing is written before the search
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--storage {storage}: cannot write there ({existing} is a file)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--storage {storage}: cannot write there (no write permission on {existing})")
-
-
 @ray.remote(num_cpus=0)
 def _sees(path: str) -> bool:
     return os.path.exists(path)

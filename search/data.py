@@ -16,6 +16,7 @@ import pickle
 import shlex
 import shutil
 import socket
+import struct
 import sys
 from dataclasses import dataclass
 
@@ -303,7 +304,15 @@ _READ_ERRORS = (
     KeyError,
     AssertionError,
     TypeError,
+    struct.error,  # torch.load of a torn legacy processed/*.pt
 )
+
+
+def _legacy_folder(info: DatasetInfo, root: str) -> str | None:
+    """The folder torchvision's MNIST classes read instead of raw/ when processed/training.pt and test.pt exist."""
+    folder = os.path.join(root, os.path.dirname(info.folder), "processed")
+    files = ("training.pt", "test.pt")
+    return folder if not info.is_cifar and all(os.path.isfile(os.path.join(folder, f)) for f in files) else None
 
 
 def _read(info: DatasetInfo, root: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -314,11 +323,21 @@ def _read(info: DatasetInfo, root: str) -> tuple[Tensor, Tensor, Tensor, Tensor]
         train = info.torchvision_class(root, train=True)
         test = info.torchvision_class(root, train=False)
     except _READ_ERRORS as exc:
+        legacy = _legacy_folder(info, root)
+        if legacy:  # what torchvision read, not raw/, is at fault
+            raise DataError(f"{legacy}: torchvision reads training.pt and test.pt here instead of the raw folder, "
+                            f"and they are unreadable ({_one_line(exc)}); delete them") from None  # fmt: skip
         raise _corrupt_error(info, root, exc) from None
-    folder = os.path.join(root, info.folder)
+    folder = _legacy_folder(info, root) or os.path.join(root, info.folder)
     arrays = []
     for split, ds in (("train", train), ("test", test)):
-        x, y = torch.as_tensor(ds.data), torch.as_tensor(ds.targets, dtype=torch.int64)
+        try:  # strings or objects where numbers belong
+            x, y = torch.as_tensor(ds.data), torch.as_tensor(ds.targets, dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataError(
+                f"{folder}: {split} images or labels are not numbers ({_one_line(exc)[:120]}); expected uint8 "
+                f"images and integer labels for {info.name}; replace the files"
+            ) from None
         x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)  # CIFAR is NHWC, MNIST NHW
         expected = (info.channels, info.size, info.size)
         if x.dtype != torch.uint8 or tuple(x.shape[1:]) != expected or len(x) == 0:

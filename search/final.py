@@ -14,7 +14,7 @@ import pandas as pd
 from search.cluster import concurrency
 from search.report import searched_config
 from search.state import SearchJob
-from search.tracking import LiveTracking, sync, unfinished_trials
+from search.tracking import LiveTracking, Ranking, sync, unfinished_trials
 from search.train import evaluate_test, model_from_checkpoint
 from search.trainable import CHECKPOINT_FILE, trainable
 from search.tuner import build_tuner, fit
@@ -38,7 +38,9 @@ def retrain(job: SearchJob, top: pd.DataFrame, seeds: int) -> dict:
     """
     s = job.space.settings
     path = f"{job.path}-final"
-    tracking = LiveTracking(job.client.tracking_uri, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final")
+    ranking = Ranking(s.METRIC, s.MODE)
+    tracking = LiveTracking(job.client.tracking_uri, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final",
+                            ranking)  # fmt: skip
     tuner = build_tuner(
         job.space, trainable, path=path, search=False, max_concurrent=concurrency(s), callbacks=[tracking],
         param_space={**job.space.base_config(job.data_dir), "variant": {"grid_search": variants(top, seeds, s.SEED)}},
@@ -46,7 +48,7 @@ def retrain(job: SearchJob, top: pd.DataFrame, seeds: int) -> dict:
     retrained = fit(tuner)
     if unfinished_trials(path):
         raise KeyboardInterrupt  # Tune stopped on Ctrl-C or SIGTERM and saved its state: --resume continues them
-    sync(path, job.client, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final")
+    sync(path, job.client, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final", ranking)
     rows = []
     for r in retrained:
         if r.checkpoint is None or r.error is not None:

@@ -70,11 +70,14 @@ UI_PATH = (
 )
 
 
-def save_view(client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str, params: list[str]) -> str:
+def save_view(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str, params: list[str], mode: str = "max"
+) -> str:
     """Saves a comparison view of one search as a shared view of its experiment; returns the UI path opening it.
 
     The view lists the search's trials only (not its parent, whose legend entries drew nothing, nor other
-    searches or the final retrains), with `metric`, each trial's outcome and the searched parameters as columns,
+    searches or the final retrains), with `best_<metric>` (the best epoch's value: the search's ranking, stopped
+    trials included), its epoch, the last `metric`, each trial's outcome and the searched parameters as columns,
     best first. Its charts: every trial's learning curve on one full-width chart, so that its legend (two rows
     that scroll, in MLflow 3.17) names several trials per row, and a trial ASHA stopped after one epoch, drawn as a
     point, is as easy to find there as a line; the searched parameters against `metric` in parallel
@@ -82,7 +85,9 @@ def save_view(client: MlflowClient, experiment_id: str, parent_run_id: str, metr
     charts; the runs table is one click away (the list icon).
     """
     trials = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}' and tags.stage = 'search'"
-    columns = [f"metrics.`{metric}`", "tags.`outcome`", *(f"params.`{p}`" for p in params)]
+    best = f"metrics.`best_{metric}`"  # logged by search.tracking with every epoch
+    columns = [best, "metrics.`best_epoch`", f"metrics.`{metric}`", "tags.`outcome`",
+               *(f"params.`{p}`" for p in params)]  # fmt: skip
     sections = [
         {"uuid": "curves", "name": "Learning curves", "display": True, "isReordered": False, "columns": 1,
          "cardHeight": 400},
@@ -99,7 +104,7 @@ def save_view(client: MlflowClient, experiment_id: str, parent_run_id: str, metr
          "xaxis": {"key": "macs", "type": "METRIC"}, "yaxis": {"key": metric, "type": "METRIC"}},
     ]  # fmt: skip
     state = {
-        "searchFilter": trials, "orderByKey": f"metrics.`{metric}`", "orderByAsc": False, "startTime": "ALL",
+        "searchFilter": trials, "orderByKey": best, "orderByAsc": mode == "min", "startTime": "ALL",
         "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
         "selectedColumns": columns, "runsExpanded": {}, "compareRunCharts": charts,
         "compareRunSections": sections, "isAccordionReordered": False, "hideEmptyCharts": True,

@@ -44,6 +44,8 @@ def cost_line(settings: Settings, concurrency: int) -> str:
     return (
         f"budget: {s.NUM_SAMPLES} trials x up to {s.MAX_EPOCHS} epochs = at most {s.NUM_SAMPLES * s.MAX_EPOCHS} "
         f"epochs; ASHA expects about {expected:.0f}; {concurrency} trials at once"
+        # what a trial holds is what it is charged: the summary's GPU-hours are trial-hours x GPUS_PER_TRIAL
+        + (f", {s.GPUS_PER_TRIAL:g} GPU each ({concurrency * s.GPUS_PER_TRIAL:g} GPUs)" if s.GPUS_PER_TRIAL else "")
         + (f"; time budget {s.TIME_BUDGET}" if s.TIME_BUDGET else "")
         + "; the live table estimates hours once the first epochs are timed"
     )

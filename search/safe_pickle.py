@@ -32,11 +32,16 @@ def load(path: str | os.PathLike, encoding: str = "latin1") -> object:
     """Unpickles a data file, admitting only data.
 
     Raises:
-        DataError: one line naming the file and the refused global.
+        DataError: one line naming the file and the refused global, or a length claiming more memory than there is.
     """
     with open(path, "rb") as f:
         try:
             return _Restricted(f, encoding=encoding).load()
+        except MemoryError:  # a length field claiming terabytes
+            raise DataError(
+                f"{path}: its {os.path.getsize(path)} bytes claim more memory than this machine has: corrupt or not "
+                "a dataset file; replace the file"
+            ) from None
         except pickle.UnpicklingError as exc:
             if "refused" not in str(exc):
                 raise

@@ -175,14 +175,32 @@ def warm_trials(previous: optuna.Study, space: Space) -> list[optuna.trial.Froze
     return [t for t in fitting if t.params]
 
 
+def make_sampler(seed: int) -> optuna.samplers.TPESampler:
+    """Seeded multivariate TPE; constant_liar: running trials count as bad guesses, so parallel workers don't all
+    sample one spot."""
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True, multivariate=True)
+
+
+def sampler_settings(sampler: optuna.samplers.TPESampler, seed: int) -> dict[str, object]:
+    """What shapes the configs a sampler proposes, read from the sampler itself, so that a default a new Optuna
+    changes (5.0 changed TPE's) shows in the record. Optuna keeps these private and keeps no seed (only the random
+    state it seeded): the seed is the one it was built with."""
+    estimator = sampler._parzen_estimator_parameters
+    return {
+        "sampler": type(sampler).__name__, "sampler.seed": seed, "sampler.multivariate": sampler._multivariate,
+        "sampler.constant_liar": sampler._constant_liar, "sampler.n_startup_trials": sampler._n_startup_trials,
+        "sampler.n_ei_candidates": sampler._n_ei_candidates, "sampler.group": sampler._group,
+        "sampler.prior_weight": estimator.prior_weight, "sampler.consider_endpoints": estimator.consider_endpoints,
+    }  # fmt: skip
+
+
 def make_searcher(space: Space, max_concurrent: int, warm_start: list | None = None) -> ConcurrencyLimiter:
-    """Seeded multivariate TPE with constant_liar, told how trials ended, at most `max_concurrent` at once.
+    """`make_sampler`'s TPE, told how trials ended, at most `max_concurrent` at once.
 
     `warm_start`: trials of an earlier search (`warm_trials`) the study starts with.
     """
     s = space.settings
-    # constant_liar: running trials count as bad guesses, so parallel workers don't all sample one spot.
-    sampler = optuna.samplers.TPESampler(seed=s.SEED, constant_liar=True, multivariate=True)
+    sampler = make_sampler(s.SEED)
     base = space.base_config()
     searcher = OptunaASHA(
         # The space goes to the searcher, not to the Tuner's param_space: a searcher that Tune restores from an

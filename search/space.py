@@ -1,7 +1,9 @@
 """Space files: plain Python, commented UPPER_CASE settings and a SPACE dict or a define-by-run `space(trial)`.
 
 `load_space` runs the file with `runpy.run_path`, applies overrides, and checks everything a search needs before
-Ray or MLflow start: every mistake is one `SpaceError` line naming the file and the setting.
+Ray or MLflow start: every mistake is one `SpaceError` line naming the file and the setting. It does so in two
+steps: `read_space` (the file, its names, every setting's type and range) imports nothing heavy, so a command
+line answers its mistakes in a second; then the registries and the parameters, which need torch and ray.tune.
 """
 
 from __future__ import annotations
@@ -17,13 +19,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import optuna
-from ray.tune.search.optuna import OptunaSearch
-from ray.tune.search.sample import Domain
 
-from models import PoolingCollapse, list_models
-from search.data import DATASETS
 from search.errors import ConfigError, SpaceError
-from search.train import TrainConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per check would log a line each
 
@@ -94,6 +91,9 @@ class Settings:
                 value = f.default if f.default is not MISSING else f.default_factory()
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
+            if f.name == "TIME_BUDGET" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                raise SpaceError(f"{path}: TIME_BUDGET={value!r}: a duration is a string: TIME_BUDGET = "
+                                 f"{_duration_text(value)!r} ({meaning['meaning']})")  # fmt: skip
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise SpaceError(f"{path}: {f.name} must be {kind.__name__} ({meaning['meaning']}), got {value!r}")
             if kind is float and not math.isfinite(value):  # nan passes every range check (nan < 0 is false)
@@ -111,10 +111,6 @@ class Settings:
             problem = self._objectives_problem()
             if problem:
                 return "OBJECTIVES", problem
-        if self.DATASET not in DATASETS:
-            return "DATASET", f"unknown dataset; choose from: {', '.join(DATASETS)}"
-        if self.MODEL not in list_models():
-            return "MODEL", f"unknown model; choose from: {', '.join(list_models())}"
         if self.METRIC not in METRICS_MODES:
             return "METRIC", f"unknown metric; choose from: {', '.join(METRICS_MODES)}"
         if self.MODE not in ("max", "min"):
@@ -162,6 +158,22 @@ class Settings:
         if (first, mode) != (self.METRIC, self.MODE):
             return f"the first objective ({first}: {mode}) must be METRIC and MODE ({self.METRIC}: {self.MODE})"
         return ""
+
+    def check_names(self, path: Path) -> None:
+        """DATASET and MODEL, against the registries of datasets and models. Those import torch, so `load_space`
+        checks them after every other setting, and `read_space` not at all.
+
+        Raises:
+            SpaceError: naming the setting and what to choose from.
+        """
+        from models import list_models
+        from search.data import DATASETS
+
+        for name, what, known in (("DATASET", "dataset", list(DATASETS)), ("MODEL", "model", list_models())):
+            if getattr(self, name) not in known:
+                raise SpaceError(
+                    f"{path}: {name}={getattr(self, name)!r}: unknown {what}; choose from: {', '.join(known)}"
+                )
 
     @property
     def objectives(self) -> dict[str, str]:
@@ -226,9 +238,19 @@ class Space:
 
     def penalty(self) -> float:
         """The score a diverged trial gets: chance level, so TPE learns that region is bad."""
+        from search.data import DATASETS
+
         classes = DATASETS[self.settings.DATASET].num_classes
         chance = {"val_acc": 1 / classes, "train_acc": 1 / classes, "val_top5": min(1.0, 5 / classes)}
         return chance.get(self.settings.METRIC, 1e6 if self.settings.MODE == "min" else -1e6)
+
+
+def _duration_text(seconds: float) -> str:
+    """3600 -> '1h', 5400 -> '90m', 45 -> '45s': what a number of seconds reads as in TIME_BUDGET."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_duration(text: str) -> float:
@@ -247,7 +269,25 @@ def parse_duration(text: str) -> float:
 
 
 def load_space(path: str | Path, overrides: dict | None = None, smoke: bool = False) -> Space:
-    """Runs and checks a space file.
+    """Runs and checks a space file: `read_space`, then DATASET and MODEL, then the searched parameters.
+
+    Args:
+        path: the space file.
+        overrides: `--set` style: UPPER_CASE keys override settings, others fix a parameter.
+        smoke: apply SMOKE_DEFAULTS, then the file's SMOKE, before `overrides`.
+
+    Raises:
+        SpaceError: one line naming the file and the setting.
+    """
+    space = read_space(path, overrides, smoke)
+    space.settings.check_names(space.path)
+    _check_params(space)
+    return space
+
+
+def read_space(path: str | Path, overrides: dict | None = None, smoke: bool = False) -> Space:
+    """Runs a space file and checks all that needs neither torch nor Ray: its names, every setting's type and
+    range, and what SPACE holds (a dict SPACE's samplers come from ray.tune, which the file has imported).
 
     Args:
         path: the space file.
@@ -262,11 +302,17 @@ def load_space(path: str | Path, overrides: dict | None = None, smoke: bool = Fa
         raise SpaceError(f"{path}: no such space file")
     if path.suffix != ".py":
         raise SpaceError(f"{path}: a space file is a Python file ending in .py")
-    source = path.read_text()
+    try:
+        source = path.read_bytes().decode()
+    except UnicodeDecodeError as exc:
+        raise SpaceError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#x} at offset {exc.start}); save "
+                         "it as UTF-8") from None  # fmt: skip
     try:
         namespace = runpy.run_path(str(path), run_name="__space__")
     except SyntaxError as exc:
         raise SpaceError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except SystemExit as exc:  # a search that searched nothing must not exit 0
+        raise SpaceError(f"{path}: the file calls sys.exit({exc.code!r}); a space file only sets values") from None
     except Exception as exc:
         lines = [
             f.lineno for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).resolve() == path.resolve()
@@ -309,19 +355,38 @@ def load_space(path: str | Path, overrides: dict | None = None, smoke: bool = Fa
     space = Space(path=path, settings=Settings.check(path, settings), params=params, source=source)
     constants = {}
     if isinstance(params, dict):  # constants in SPACE are fixed parameters; so is anything FIXED or --set
+        from ray.tune.search.sample import Domain
+
         constants = {k: v for k, v in params.items() if not isinstance(v, Domain)}
+        for key, value in constants.items():
+            if isinstance(value, dict) and "grid_search" in value:
+                raise SpaceError(
+                    f"{path}: SPACE[{key!r}]: tune.grid_search is not supported: TPE samples a space, it does not "
+                    f"walk a grid; use tune.choice({value['grid_search']!r:.80})"
+                )
+            if not isinstance(value, (str, int, float, bool)):
+                raise SpaceError(f"{path}: SPACE[{key!r}]: expected a ray.tune sampler or a constant (a string or a "
+                                 f"number), got {type(value).__name__} {_short(value)}")  # fmt: skip
     space.fixed = {**constants, **space.settings.FIXED, **fixed}
     if isinstance(space.params, dict):
         space.params = {k: v for k, v in space.params.items() if k not in space.fixed}
         if not space.params:
             raise SpaceError(f"{path}: nothing left to search: every SPACE key is a constant or fixed")
-    _check_params(space)
     return space
+
+
+def _short(value: object) -> str:
+    """A value's repr on one line, cut to 80 characters (a numpy array's spans many)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def distributions(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
     """The searched parameters as Optuna distributions (what TPE sees)."""
     if isinstance(space.params, dict):
+        from ray.tune.search.optuna import OptunaSearch
+        from ray.tune.search.sample import Domain
+
         for key, value in space.params.items():
             if not isinstance(value, (Domain, str, int, float, bool)):
                 raise SpaceError(
@@ -371,6 +436,9 @@ def sample_configs(space: Space, dists: dict, n: int = CHECK_SAMPLES) -> list[tu
 
 
 def _check_params(space: Space) -> None:
+    from models import PoolingCollapse  # torch: these checks build each sampled model's shapes
+    from search.train import TrainConfig
+
     try:  # what every trial shares (settings passed on to the trainer, FIXED, --set) is the trainer's to check
         TrainConfig.from_dict(space.base_config()).validate()
     except ConfigError as exc:

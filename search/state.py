@@ -38,6 +38,8 @@ class SearchState:
     parent_run_id: str = ""
     tracking_uri: str = ""
     max_epochs: int = 0
+    metric: str = "val_acc"  # METRIC and MODE, by which each trial's run keeps its best epoch
+    mode: str = "max"
 
 
 @dataclass
@@ -77,6 +79,23 @@ def state_path(storage: str, name: str) -> Path:
     if "://" in storage:
         raise UsageError("remote --storage: keep search state on a shared path for now (an NFS mount)")
     return Path(storage, name, STATE_FILE)
+
+
+def check_storage(storage: str) -> None:
+    """Fails before anything starts when a search could not keep its state and checkpoints in `storage`; it
+    creates nothing.
+
+    Raises:
+        UsageError: a URI (see `state_path`), or a path that cannot be written, naming the path and why.
+    """
+    state_path(storage, "")
+    existing = Path(storage)
+    while not existing.exists():  # checked without creating anything: nothing is written before the search
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--storage {storage}: cannot write there ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--storage {storage}: cannot write there (no write permission on {existing})")
 
 
 def read_state(folder: Path) -> SearchState:

@@ -109,7 +109,7 @@ def _probe_dashboard(address: str) -> None:
     when what listens never answers (the SDK's requests have no timeout)."""
     import requests
 
-    parts = urlsplit(address if "://" in address else f"http://{address}")
+    parts = cli.parse_address("--address", address, ("http", "https", "ray"))
     try:
         socket.create_connection((parts.hostname, parts.port or 8265), timeout=CONNECT_TIMEOUT_S).close()
     except (OSError, ValueError) as exc:
@@ -119,15 +119,20 @@ def _probe_dashboard(address: str) -> None:
         ) from None
     if parts.scheme not in ("http", "https"):
         return
-    try:  # whatever it answers is the SDK's to judge; only silence is judged here
-        requests.get(f"{parts.scheme}://{parts.netloc}/api/version", timeout=ANSWER_TIMEOUT_S)
+    try:  # whatever else it answers is the SDK's to judge; silence and "no such page" are judged here
+        answer = requests.get(f"{parts.scheme}://{parts.netloc}/api/version", timeout=ANSWER_TIMEOUT_S)
     except requests.exceptions.Timeout:
         raise UsageError(
             f"the Ray dashboard at {address} accepted the connection but did not answer within {ANSWER_TIMEOUT_S} s; "
             "is the address the head node's dashboard, http://HEAD:8265?"
         ) from None
     except requests.exceptions.RequestException:
-        pass
+        return
+    if answer.status_code == 404:
+        raise UsageError(
+            f"{address} answers HTTP but has no /api/version (404): not a Ray dashboard; give the head node's "
+            "dashboard, http://HEAD:8265"
+        )
 
 
 def git_commit() -> str:

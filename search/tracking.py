@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import platform
 import queue
 import re
 import sys
@@ -29,10 +30,12 @@ import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
+import torch
 from filelock import FileLock
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
@@ -63,6 +66,11 @@ EPOCHS_PER_REQUEST = (MAX_ENTITIES_PER_BATCH - 2 - 2) // len(METRICS)
 RETRY_SECONDS = 30  # after a failed request, live logging rests this long before trying the store again
 
 
+# The tracking stores MLflow opens ("" and file: a folder); anything else it would refuse in terms of its registry.
+STORE_SCHEMES = ("", "file", "sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
+                 "uc")  # fmt: skip
+
+
 def open_store(tracking_uri: str | None) -> MlflowClient:
     """A client of the tracking store, checked before any trial trains.
 
@@ -70,6 +78,10 @@ def open_store(tracking_uri: str | None) -> MlflowClient:
         UsageError: one line naming the tracking URI and what went wrong (unreachable, credentials).
     """
     uri = absolute_store_uri(tracking_uri or mlflow.get_tracking_uri())
+    scheme = urlparse(uri).scheme.split("+")[0]  # postgresql+psycopg2://
+    if scheme not in STORE_SCHEMES:  # MLflow would blame its model registry
+        raise UsageError(f"MLflow tracking store {uri}: unknown scheme '{scheme}://'; use sqlite:///PATH/mlflow.db, "
+                         "http(s)://HOST:PORT (an MLflow server) or a database URI")  # fmt: skip
     # Opening a new sqlite store creates its tables; two searches starting at once would race doing so.
     lock = FileLock(uri.removeprefix("sqlite:///") + ".lock") if uri.startswith("sqlite:///") else nullcontext()
     try:
@@ -77,7 +89,7 @@ def open_store(tracking_uri: str | None) -> MlflowClient:
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)
     except Exception as exc:  # requests, MLflow and SQLAlchemy errors all mean the same thing here
-        reason = one_line(exc)
+        reason = one_line(exc, limit=1000)  # MLflow's own advice comes last (MLFLOW_ALLOW_FILE_STORE=true)
         if "401" in reason or "403" in reason or "Unauthorized" in reason:
             reason = "credentials rejected (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
         raise UsageError(f"MLflow tracking store {uri}: {reason}") from None
@@ -137,6 +149,17 @@ def params_of(config: dict) -> list[Param]:
     config = {**config, **config.get("variant", {})}
     config.pop("variant", None)
     return [Param(k, str(v)[:6000]) for k, v in sorted(config.items())]
+
+
+def versions() -> dict[str, str]:
+    """The versions that shape a search's results, as parent-run params: a seeded search proposes the same configs
+    again only on the same Python, PyTorch, Ray, Optuna and MLflow; CUDA and cuDNN when this process has a GPU."""
+    out = {"version.python": platform.python_version()}
+    out.update({f"version.{name}": metadata.version(name) for name in ("torch", "torchvision", "ray", "optuna",
+                                                                      "mlflow")})  # fmt: skip
+    if torch.cuda.is_available():
+        out.update({"version.cuda": str(torch.version.cuda), "version.cudnn": str(torch.backends.cudnn.version())})
+    return out
 
 
 def start_parent(client: MlflowClient, experiment_id: str, name: str, params: dict, tags: dict, files: dict) -> str:
@@ -249,8 +272,14 @@ def _results(trial_folder: Path) -> list[dict]:
     """A trial's epochs from Tune's result.json, one per epoch (a retried trial may report an epoch twice)."""
     path = trial_folder / "result.json"
     by_epoch = {}
-    for line in path.read_text().splitlines() if path.exists() else []:
-        result = json.loads(line)
+    for number, line in enumerate(path.read_text(errors="replace").splitlines() if path.exists() else [], 1):
+        try:
+            result = json.loads(line)
+        except ValueError:  # a write cut short (a killed process, a full disk), or not Tune's file
+            raise UsageError(f"{path}:{number}: not a JSON line (torn, or not Tune's); delete that line and sync "
+                             "again") from None  # fmt: skip
+        if not isinstance(result, dict):
+            raise UsageError(f"{path}:{number}: expected a JSON object of one epoch's metrics, got {line[:80]}")
         if "epoch" in result:
             by_epoch[int(result["epoch"])] = result
     return [by_epoch[e] for e in sorted(by_epoch)]
@@ -494,8 +523,8 @@ class LiveTracking(tune.Callback):
             if int(result.get("epoch", 0)) == self._logged[trial_id] + len(new) + 1:
                 new.append(result)
         if new:
-            self._best[trial_id] = _log_epochs(self.client, self._runs[trial_id], new, self.ranking,
-                                               self._best.get(trial_id), node_id=str(new[-1].get("node_id", "")))
+            node_id, earlier = str(new[-1].get("node_id", "")), self._best.get(trial_id)
+            self._best[trial_id] = _log_epochs(self.client, self._runs[trial_id], new, self.ranking, earlier, node_id)
             self._logged[trial_id] += len(new)
 
     def _end(self, trial_id: str, outcome: str) -> None:

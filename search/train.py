@@ -30,7 +30,7 @@ from models.cost import count
 from search import cli
 from search.batches import Batches
 from search.data import DATASETS, Splits, load_splits, note_if_fake
-from search.errors import CheckpointError, ConfigError, UsageError
+from search.errors import CheckpointError, ConfigError, UsageError, one_line
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULERS = ("none", "step", "multistep", "cosine", "onecycle", "plateau", "exponential")
@@ -93,7 +93,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """Splits a flat dict (a trial's config) into fields and model options, casting to field types."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"config: expected a dict of config keys, got {type(values).__name__} {values!r:.80}")
         names = {f.name: f for f in dataclasses.fields(cls) if f.name != "model_options"}
+        if not isinstance(values.get("model_options") or {}, dict):
+            raise ConfigError(f"model_options: expected a dict of model options, got {values['model_options']!r:.80}")
         kwargs, options = {}, dict(values.get("model_options") or {})
         for key, value in values.items():
             if key == "model_options":
@@ -118,6 +122,9 @@ class TrainConfig:
         """
         for f in dataclasses.fields(self):  # nan passes every range check below (nan < 0 is false)
             value = getattr(self, f.name)
+            kinds = _FIELD_TYPES[f.type]  # a notebook's TrainConfig(epochs="2") skips from_dict's casts
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise ConfigError(f"{f.name}: expected {f.type.replace(' | ', ' or ')}, got {value!r:.80}")
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}: must be a finite number, got {value}")
         if self.dataset not in DATASETS:
@@ -189,6 +196,11 @@ class TrainConfig:
         )
 
 
+# What each field's annotation admits (an int is a float too); `validate` checks them before any range.
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,), "bool | None": (bool, type(None)),
+                "dict": (dict,)}  # fmt: skip
+
+
 def _cast(key: str, value: object, type_name: str) -> object:
     """Casts a value from JSON, argparse or a sampler to the field's type, so '3' and 3.0 both work."""
     kind = type_name.split(" ")[0]
@@ -209,7 +221,8 @@ def _cast(key: str, value: object, type_name: str) -> object:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected {kind}, got {value!r}") from None
+        shown = " ".join(repr(value).split())  # one line, even for a numpy array
+        raise ConfigError(f"{key}: expected {kind}, got {shown[:80]}") from None
 
 
 def _milestones(text: str) -> list[int]:
@@ -500,20 +513,47 @@ def load_checkpoint(path: str | os.PathLike, config: TrainConfig | None = None) 
     except Exception as exc:  # torch raises RuntimeError, pickle errors, EOFError... for a torn file
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {reason})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: not a checkpoint of this trainer (it holds a {type(state).__name__})")
     missing = {"model", "optimizer", "scheduler", "rng", "epoch", "history", "config"} - set(state)
     if missing:
         raise CheckpointError(f"{path}: not a checkpoint of this trainer (missing {', '.join(sorted(missing))})")
+    kinds = {"model": dict, "optimizer": dict, "scheduler": dict, "rng": torch.Tensor, "epoch": int,
+             "history": list, "config": dict}  # fmt: skip
+    for key, kind in kinds.items():
+        if not isinstance(state[key], kind) or (kind is int and isinstance(state[key], bool)):
+            raise CheckpointError(f"{path}: not a checkpoint of this trainer ({key} is {type(state[key]).__name__})")
     if config is not None:
-        theirs = state["config"]
-        for key in ("model", "dataset"):
-            if theirs.get(key) != getattr(config, key):
-                raise CheckpointError(
-                    f"{path}: checkpoint is for {key} '{theirs.get(key)}', not '{getattr(config, key)}'"
-                )
-        shapes = {k: tuple(v.shape) for k, v in config.build_model().state_dict().items()}
-        if shapes != {k: tuple(v.shape) for k, v in state["model"].items()}:
-            raise CheckpointError(f"{path}: checkpoint weights do not fit this model's options")
+        _check_resumable(path, state, config)
     return state
+
+
+# What an optimizer's and a scheduler's load_state_dict bring back from a checkpoint, so must not change on resume
+RESUME_KEYS = ("optimizer", "scheduler", "lr", "lr_batch", "batch_size", "momentum", "nesterov", "weight_decay",
+               "decoupled_wd")  # fmt: skip
+SCHEDULE_KEYS = {
+    "none": (), "exponential": ("gamma",), "step": ("step_size", "gamma"), "multistep": ("milestones", "gamma"),
+    "plateau": ("gamma", "plateau_patience"), "cosine": ("epochs", "warmup_epochs"),
+    "onecycle": ("epochs", "train_subset", "val_fraction"),  # its total steps are fixed at the start
+}  # fmt: skip
+
+
+def _check_resumable(path: Path, state: dict, config: TrainConfig) -> None:
+    """What continuing a checkpoint under `config` needs: the same weights' shapes, the same optimizer and
+    schedule (their settings come back from the checkpoint: a new value would be silently ignored), and an epoch
+    not past `config.epochs`."""
+    theirs = state["config"]
+    for key in ("model", "dataset", *RESUME_KEYS, *SCHEDULE_KEYS[config.scheduler]):
+        if key in theirs and theirs[key] != getattr(config, key):
+            raise CheckpointError(
+                f"{path}: checkpoint is for {key} {theirs[key]!r}, not {getattr(config, key)!r}; resume with the "
+                f"same {key}, or train from scratch"
+            )
+    if state["epoch"] > config.epochs:
+        raise CheckpointError(f"{path}: checkpoint is at epoch {state['epoch']}, past epochs={config.epochs}")
+    shapes = {k: tuple(v.shape) for k, v in config.build_model().state_dict().items()}
+    if shapes != {k: tuple(getattr(v, "shape", ())) for k, v in state["model"].items()}:
+        raise CheckpointError(f"{path}: checkpoint weights do not fit this model's options")
 
 
 def test_batches(config: TrainConfig, splits: Splits, device: torch.device | str = "cpu") -> Batches:
@@ -545,6 +585,89 @@ def format_metrics(m: dict) -> str:
     )
 
 
+RUN_LABELS = ("variant", "source_trial")  # what a final retrain's run holds beside its config: labels only
+
+
+def config_from_params(params: dict[str, str]) -> dict:
+    """A trial's config back from its MLflow params, which hold `str(value)`: fields as the strings TrainConfig
+    casts ("None" for a field left to its default), model options parsed as `--set` parses them."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_options"}
+    return {
+        key: (None if text == "None" else text) if key in names else cli.parse_value(text)
+        for key, text in params.items()
+        if key not in RUN_LABELS
+    }
+
+
+@dataclass
+class Rerun:
+    """A search's trial trained again from its MLflow run (`--from-run`): the trial's config, the CPU threads it
+    trained with (its search's CPUS_PER_TRIAL, as the Tune wrapper sets them), and the new run that logs the
+    retraining, in the same experiment, tagged `reproduces=<the trial's run id>`. MLflow is imported here only."""
+
+    client: object  # MlflowClient
+    source: object  # the trial's mlflow Run
+    config: dict
+    threads: int = 0
+    run_id: str = ""
+
+    @classmethod
+    def open(cls, run_id: str, tracking_uri: str) -> Rerun:
+        """Reads a trial's run.
+
+        Raises:
+            UsageError: no such run in the store (or the store cannot be reached), or a run that is not a trial's.
+        """
+        cli.cap_mlflow_retries()
+        import mlflow
+        from mlflow.exceptions import MlflowException
+        from requests.exceptions import RequestException
+
+        uri = tracking_uri or mlflow.get_tracking_uri()
+        try:
+            client = mlflow.MlflowClient(uri)
+            run = client.get_run(run_id)
+            parent = run.data.tags.get("mlflow.parentRunId")
+            settings = client.get_run(parent).data.params if parent else {}
+        except (MlflowException, RequestException) as exc:
+            reason = one_line(exc, 200)
+            raise UsageError(f"--from-run {run_id}: no such run in the MLflow store {uri} ({reason})") from None
+        if not run.data.tags.get("trial_id") or run.data.tags.get("stage") not in ("search", "final"):
+            raise UsageError(
+                f"--from-run {run_id}: not a search trial's run (no trial_id and stage tags); pass the run id of a "
+                "trial, a child run of a search's parent run"
+            )
+        threads = int(float(settings.get("setting.CPUS_PER_TRIAL", 0)))
+        return cls(client, run, config_from_params(run.data.params), threads)
+
+    def start(self, config: TrainConfig) -> None:
+        from mlflow.entities import Param
+
+        from search import mlflow_ui
+
+        source, trial_id = self.source.info, self.source.data.tags["trial_id"]
+        tags = {**mlflow_ui.run_tags(), "reproduces": source.run_id, "reproduces.trial_id": trial_id}
+        run = self.client.create_run(source.experiment_id, run_name=f"{source.run_name}-again", tags=tags)
+        self.run_id = run.info.run_id
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(config.flat().items())])
+        mlflow_ui.inherit_dataset(self.client, self.run_id, source.run_id)
+
+    def log(self, metrics: dict, step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), now, step) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"
+        ])  # fmt: skip
+
+    def end(self, outcome: str) -> None:
+        self.client.set_tag(self.run_id, "outcome", outcome)
+        self.client.set_terminated(self.run_id, status="FINISHED" if outcome == "completed" else "FAILED")
+        source = self.source.info
+        print(f"mlflow run {self.run_id} reproduces {source.run_id} (experiment {source.experiment_id})")
+
+
 def _parser() -> cli.ArgumentParser:
     p = cli.ArgumentParser(
         prog="python -m search.train", description="Train one config and evaluate it on the test set."
@@ -561,18 +684,23 @@ def _parser() -> cli.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="model option, e.g. --set width1=32")
     p.add_argument("--out", default="", help="folder for the final checkpoint and metrics.json")
     p.add_argument("--resume", default="", help="checkpoint to continue from")
+    p.add_argument("--from-run", default="", metavar="RUN_ID", help="train a search's trial again from its MLflow run")
+    p.add_argument("--tracking-uri", default="", help="MLflow store of --from-run (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    values: dict = {}
+    if args.from_run and (args.config or args.resume):
+        raise UsageError(f"--from-run {args.from_run}: the run gives the config; drop --config and --resume")
+    rerun = Rerun.open(args.from_run, args.tracking_uri) if args.from_run else None
+    values: dict = dict(rerun.config) if rerun else {}
     if args.config:
         try:
             values = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UsageError(f"--config {args.config}: {exc}") from None
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise UsageError(f"--config {args.config}: {one_line(exc)}") from None
         if not isinstance(values, dict):  # best_config.json or a trial's params.json: one object of config keys
             raise UsageError(f"--config {args.config}: expected a JSON object of config keys, got {values!r:.80}")
     names = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_options"}
@@ -584,10 +712,25 @@ def main(argv: list[str] | None = None) -> int:
         print(format_metrics(metrics), flush=True)
         if args.out:
             save_checkpoint(Path(args.out) / "checkpoint.pt", state)
+        if rerun:
+            rerun.log(metrics, metrics["epoch"])
 
     note_if_fake(config.dataset, config.data_dir)  # first, before any epoch: fake data is never taken for real
-    result = train(config, on_epoch=progress, resume=args.resume or None)
-    test = evaluate_test(result.model, config)
+    if rerun:
+        config.validate()  # before its run is created: a config no trainer accepts leaves nothing behind
+        if rerun.threads:
+            torch.set_num_threads(rerun.threads)  # as the trial trained: the same sums, the same curve on a CPU
+        rerun.start(config)
+    try:
+        result = train(config, on_epoch=progress, resume=args.resume or None)
+        test = evaluate_test(result.model, config)
+    except BaseException:
+        if rerun:
+            rerun.end("errored")
+        raise
+    if rerun:
+        rerun.log(test, result.epoch)
+        rerun.end(result.outcome)
     print(
         f"{result.outcome} after {result.epoch} epochs: test_acc {test['test_acc']:.4f}  "
         f"test_top5 {test['test_top5']:.4f}  test_loss {test['test_loss']:.4f}"

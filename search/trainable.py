@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from ray import tune
 
 from models.cost import latency_ms
+from search.errors import UsageError
 from search.train import TrainConfig, load_checkpoint, resolve_device, save_checkpoint, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -31,11 +33,29 @@ def trial_cost(config: TrainConfig) -> dict[str, float]:
     return {**cost, "latency_ms": _latency[key]}
 
 
+def given_gpus(device: str) -> dict[str, str]:
+    """The GPUs Ray gave this trial, as `gpu_ids` and the `cuda_visible_devices` Ray set from them ("" for none).
+
+    Raises:
+        UsageError: Ray gave GPUs and device is 'auto', but torch sees no CUDA device: a CPU-only torch build or
+            one the node's driver cannot run would otherwise train on the CPU, 50-100x slower, without a word.
+    """
+    ids = ",".join(str(i) for i in ray.get_gpu_ids())
+    if ids and device == "auto" and not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UsageError(
+            f"Ray gave this trial GPU {ids} but torch {torch.__version__} ({build}) sees no CUDA device on "
+            f"{ray.util.get_node_ip_address()}: install the torch build for this node's CUDA driver (nvidia-smi), "
+            "or set GPUS_PER_TRIAL = 0, or --set device=cpu to train on the CPU on purpose"
+        )
+    return {"gpu_ids": ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
+
+
 def trainable(config: dict) -> None:
     """Trains one trial; Ray calls it in a worker process that stays alive across trials (actor reuse).
 
     Reports every epoch's metrics plus the trial's cost (`trial_cost`), `outcome` ('running', or 'diverged' on a
-    non-finite loss) and the node.
+    non-finite loss), the node and the GPUs Ray gave it (`given_gpus`).
     """
     # A grid over whole configs (the final retrains) arrives as one `variant` dict; `source_trial` only labels it.
     config = {**config, **config.get("variant", {})}
@@ -51,10 +71,11 @@ def trainable(config: dict) -> None:
         with checkpoint.as_directory() as folder:
             resume = load_checkpoint(Path(folder) / CHECKPOINT_FILE, train_config)
     node_id = ray.get_runtime_context().get_node_id()  # tells apart two Ray nodes on one host
+    gpus = given_gpus(train_config.device)
     cost = trial_cost(train_config)
 
     def report(metrics: dict, state: dict) -> None:
-        metrics = dict(metrics, **cost, outcome="running", node_id=node_id)
+        metrics = dict(metrics, **cost, outcome="running", node_id=node_id, **gpus)
         if not math.isfinite(metrics["train_loss"]):
             # No checkpoint: nothing worth resuming from NaN weights.
             tune.report(dict(metrics, outcome="diverged"))

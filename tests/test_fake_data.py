@@ -15,9 +15,9 @@ from mlflow.tracking import MlflowClient
 from search import data
 from search.data import DATASETS, FAKE_MARKER, FAKE_TAG, is_fake, load_arrays, note_if_fake
 from search.data import main as data_main
+from search.driver import prepare
 from search.errors import DataError, UsageError
 from search.fake_data import main, write_fake
-from search.run import prepare
 from search.tracking import end_parent
 from search.train import main as train_main
 

@@ -89,8 +89,16 @@ def stopped_trial_search(store) -> dict:
         tags = {MLFLOW_PARENT_RUN_ID: parent, "trial_id": trial_id, "stage": "search", "outcome": outcome,
                 "epoch": str(len(curve))}  # fmt: skip
         run_id = client.create_run(experiment_id, run_name=trial_id, tags=tags).info.run_id
-        metrics = [Metric(k, v, 0, epoch) for epoch, acc in enumerate(curve, 1)
-                   for k, v in (("val_acc", acc), ("macs", 1e6 * (i + 1)))]  # fmt: skip
+        metrics = [
+            Metric(k, v, 0, epoch)
+            for epoch, acc in enumerate(curve, 1)
+            for k, v in (
+                ("val_acc", acc),
+                ("macs", 1e6 * (i + 1)),
+                ("best_val_acc", max(curve[:epoch])),
+                ("best_epoch", epoch),
+            )
+        ]  # fmt: skip (the curves rise: the last epoch is the best)
         client.log_batch(run_id, metrics=metrics, params=[Param("lr", str(0.01 * (i + 1))), Param("dropout", "0.1")])
         client.set_terminated(run_id, status=STATUS[outcome])
     client.log_batch(parent, metrics=[Metric("best_val_acc", 0.61, 0, 0), Metric("test_acc", 0.6, 0, 0)])

@@ -11,7 +11,7 @@ import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from search.run import _is_store_error
+from search.driver import _is_store_error
 
 
 def closed_port() -> int:

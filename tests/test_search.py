@@ -60,6 +60,7 @@ def check_tracking(client: MlflowClient, result, num_samples: int) -> list:
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
     assert "test_acc" in parent.data.metrics and "best_val_acc" in parent.data.metrics
+    assert parent.data.params["sampler.constant_liar"] == "True" and "version.torch" in parent.data.params  # §5
     runs = children(client, result.parent_run_id)
     assert len(runs) == num_samples
     assert len({r.data.tags["trial_id"] for r in runs}) == num_samples
@@ -72,6 +73,9 @@ def check_tracking(client: MlflowClient, result, num_samples: int) -> list:
         assert run.data.params["model"] and "lr" in run.data.params
         if int(run.data.tags["epoch"]):  # its cost is reported with its epochs
             assert all(run.data.metrics[k] > 0 for k in ("macs", "params", "latency_ms")), run.data.metrics
+            curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_acc")}
+            best = max(curve, key=lambda e: (curve[e], -e))  # its best epoch (the first, on a tie), as it ranks
+            assert (run.data.metrics["best_val_acc"], run.data.metrics["best_epoch"]) == (curve[best], best)
     return runs
 
 
@@ -457,3 +461,18 @@ def test_sigterm_while_connecting_stops_the_search_in_seconds(not_a_ray, data_di
     _, err = driver.communicate(timeout=60)
     assert time.monotonic() - start < 15, err
     assert driver.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+
+
+def test_resuming_a_search_whose_snapshot_is_truncated_is_one_line_and_leaves_the_parent_as_it_was(data_dir, tmp_path):
+    """The resume set the KILLED parent RUNNING, then failed reading Tune's snapshot and left it RUNNING."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    kwargs = {"smoke": True, "data_dir": str(data_dir), "storage": str(tmp_path / "runs"), "tracking_uri": uri,
+              "quiet": True, "name": "torn", "sets": {"NUM_SAMPLES": 2, "MAX_EPOCHS": 1}}  # fmt: skip
+    result = search(str(ROOT / "spaces/vgg_fashion_mnist.py"), **kwargs)
+    client = MlflowClient(uri)
+    client.set_terminated(result.parent_run_id, status="KILLED")  # as an interrupted search leaves it
+    for snapshot in (tmp_path / "runs" / "torn").glob("experiment_state-*.json"):
+        snapshot.write_text(snapshot.read_text()[:100])  # a copy cut short
+    with pytest.raises(UsageError):
+        search(str(ROOT / "spaces/vgg_fashion_mnist.py"), resume=True, **kwargs)
+    assert client.get_run(result.parent_run_id).info.status == "KILLED"

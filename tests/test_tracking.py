@@ -27,6 +27,7 @@ from search.tracking import (
     EPOCHS_PER_REQUEST,
     METRICS,
     LiveTracking,
+    Ranking,
     _metrics,
     child_runs,
     ensure_experiment,
@@ -238,8 +239,8 @@ def test_a_request_of_epochs_fits_one_mlflow_request_with_its_epoch_tag():
     whose metrics never arrived (and sync trusts the tag)."""
     every_metric = _metrics({"epoch": 1, **dict.fromkeys(METRICS, 0.5)})
     assert len(every_metric) == len(METRICS)
-    assert EPOCHS_PER_REQUEST * len(every_metric) <= MAX_METRICS_PER_BATCH
-    assert EPOCHS_PER_REQUEST * len(every_metric) + 2 <= MAX_ENTITIES_PER_BATCH  # the epoch and node_id tags
+    assert EPOCHS_PER_REQUEST * len(every_metric) + 2 <= MAX_METRICS_PER_BATCH  # and best_val_acc, best_epoch
+    assert EPOCHS_PER_REQUEST * len(every_metric) + 2 + 2 <= MAX_ENTITIES_PER_BATCH  # the epoch and node_id tags
 
 
 def test_a_trial_asha_stopped_ends_finished_with_its_outcome_not_as_a_failure(experiment, store):
@@ -334,3 +335,91 @@ def test_a_relative_sqlite_store_is_recorded_as_the_folder_it_was_started_in(tmp
     client = open_store("sqlite:///mlflow.db")
     assert client.tracking_uri == f"sqlite:///{tmp_path}/mlflow.db"
     assert open_store(client.tracking_uri).tracking_uri == client.tracking_uri  # an absolute one stays as it is
+
+
+def _with_a_dip(experiment: Path, tmp_path: Path) -> Path:
+    """A copy of the experiment whose best trial (x=0.5: 0.6, 0.7, 0.8) falls to 0.05 at its last epoch."""
+    copy = shutil.copytree(experiment, tmp_path / "dip")
+    for result_file in copy.glob("*/result.json"):
+        lines = [json.loads(line) for line in result_file.read_text().splitlines()]
+        if lines[0]["config"]["variant"]["x"] == 0.5:
+            lines[-1]["val_acc"] = 0.05
+            result_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return copy
+
+
+def _ranked(client, experiment_id, parent) -> list[tuple]:
+    """The runs table sorted by best_val_acc, as a person sorts it: (x, best_val_acc, best_epoch, outcome)."""
+    runs = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'",
+                              order_by=["metrics.best_val_acc DESC"])  # fmt: skip
+    return [(float(r.data.params["x"]), round(r.data.metrics["best_val_acc"], 6),
+             r.data.metrics["best_epoch"], r.data.tags["outcome"]) for r in runs]  # fmt: skip
+
+
+RANKED = [(0.5, 0.7, 2.0, "completed"), (0.2, 0.4, 2.0, "stopped_early"), (0.0, 0.3, 3.0, "completed"),
+          (0.1, 0.2, 1.0, "errored")]  # fmt: skip
+
+
+def test_each_run_holds_its_best_epoch_so_the_runs_table_ranks_trials_by_it(experiment, store, tmp_path):
+    """Issue 20 §3: the runs table showed the last epoch's val_acc, which ranked a trial that fell at its last epoch
+    below one ASHA stopped; each run now holds best_val_acc and best_epoch, set by sync idempotently."""
+    client, experiment_id, parent = store
+    dip = _with_a_dip(experiment, tmp_path)
+    sync(dip, client, experiment_id, parent, max_epochs=EPOCHS)
+    assert _ranked(client, experiment_id, parent) == RANKED
+    histories = {r.info.run_id: client.get_metric_history(r.info.run_id, "best_val_acc")
+                 for r in child_runs(client, experiment_id, parent, "search").values()}  # fmt: skip
+    assert sync(dip, client, experiment_id, parent, max_epochs=EPOCHS) == dict.fromkeys(
+        ("created", "epochs", "ended", "deleted"), 0
+    )
+    assert {run_id: client.get_metric_history(run_id, "best_val_acc") for run_id in histories} == histories
+
+
+def test_live_tracking_keeps_each_runs_best_epoch_as_epochs_arrive(experiment, store, tmp_path):
+    """Epoch by epoch, as Tune reports them, then a restart of the driver (the best read back from MLflow): the
+    same best as sync's, which then has nothing to change."""
+    client, experiment_id, parent = store
+    dip = _with_a_dip(experiment, tmp_path)
+    live = LiveTracking(client.tracking_uri, experiment_id, parent, max_epochs=EPOCHS, ranking=Ranking())
+    results = {p.name: [json.loads(line) for line in (p / "result.json").read_text().splitlines()]
+               for p in dip.iterdir() if (p / "result.json").exists()}  # fmt: skip
+    for trial_id, epochs in results.items():
+        live._start(trial_id, epochs[0]["config"])
+        live._epoch(trial_id, epochs[:1])
+    live = LiveTracking(client.tracking_uri, experiment_id, parent, max_epochs=EPOCHS, ranking=Ranking())
+    live._find_runs()  # a resumed driver: the best of the epochs MLflow already holds comes from there
+    for trial_id, epochs in results.items():
+        for result in epochs[1:]:
+            live._epoch(trial_id, [result])
+        live._end(trial_id, "completed")
+    best = {t: (r.data.metrics["best_val_acc"], r.data.metrics["best_epoch"])
+            for t, r in child_runs(client, experiment_id, parent, "search").items()}  # fmt: skip
+    assert sorted((round(v, 6), e) for v, e in best.values()) == sorted((v, e) for _, v, e, _ in RANKED)
+    assert sync(dip, client, experiment_id, parent, max_epochs=EPOCHS)["epochs"] == 0
+    assert {t: (r.data.metrics["best_val_acc"], r.data.metrics["best_epoch"])
+            for t, r in child_runs(client, experiment_id, parent, "search").items()} == best  # fmt: skip
+    assert _ranked(client, experiment_id, parent) == RANKED
+
+
+def test_sync_gives_runs_logged_before_they_held_their_best_epoch_one(experiment, store):
+    """A search logged by an older version: every epoch in MLflow, no best_val_acc; the next sync adds it, and a
+    metric that is better low ranks the other way (train_loss here: 1/epoch, best at the last epoch)."""
+    client, experiment_id, parent = store
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS, ranking=Ranking("train_loss", "min"))
+    runs = child_runs(client, experiment_id, parent, "search").values()
+    assert sorted((r.data.metrics["best_train_loss"], r.data.metrics["best_epoch"]) for r in runs) == [
+        (1 / 3, 3.0), (1 / 3, 3.0), (1 / 2, 2.0), (1.0, 1.0)
+    ]  # fmt: skip
+
+
+def test_the_saved_view_sorts_the_trials_by_their_best_epoch_and_shows_it(experiment, store, tmp_path):
+    """The comparison view the summary links to: its filter and sort, asked of the store as the UI asks them."""
+    client, experiment_id, parent = store
+    sync(_with_a_dip(experiment, tmp_path), client, experiment_id, parent, max_epochs=EPOCHS)
+    mlflow_ui.save_view(client, experiment_id, parent, "val_acc", ["x"])
+    view = json.loads(client.get_experiment(experiment_id).tags[f"{mlflow_ui.SHARED_VIEW_TAG}search-{parent[:12]}"])
+    assert view["selectedColumns"][:2] == ["metrics.`best_val_acc`", "metrics.`best_epoch`"]
+    order = view["orderByKey"].replace("`", "") + (" ASC" if view["orderByAsc"] else " DESC")
+    runs = client.search_runs([experiment_id], view["searchFilter"], order_by=[order])
+    assert [float(r.data.params["x"]) for r in runs] == [x for x, *_ in RANKED]
