@@ -20,7 +20,7 @@ search: setup
 	$(PY) -m search.run $(SPACE) $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q --durations=20 tests $(ARGS)
+	$(PY) -m pytest -q --durations=40 tests $(ARGS)
 
 # The developer's loop: every test but the end-to-end searches and clusters (marked slow).
 test-fast: setup

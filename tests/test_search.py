@@ -366,8 +366,9 @@ def test_resume_with_more_samples_extends_a_finished_search(data_dir, tmp_path):
 def test_every_metric_a_space_may_name_runs_end_to_end(metric, data_dir, tmp_path):
     # METRIC = "val_top5" trained every trial and then failed in the early-stopping audit (KeyError).
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sets = {"METRIC": metric, "MODE": METRICS_MODES[metric], "NUM_SAMPLES": 2}  # the space file says MODE = "max"
     result = search(
-        str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets={"METRIC": metric, "NUM_SAMPLES": 2},
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets=sets,
         data_dir=str(data_dir), storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True,
     )  # fmt: skip
     parent = MlflowClient(uri).get_run(result.parent_run_id)
