@@ -12,6 +12,8 @@ import signal
 import sys
 import threading
 import time
+import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,6 +40,7 @@ from search.state import (
 from search.tracking import (
     LiveTracking,
     Ranking,
+    discard_parents,
     end_parent,
     ensure_experiment,
     open_store,
@@ -178,7 +181,7 @@ def prepare(
     cluster.connect(address, quiet)
     _stop_on_sigterm()  # after ray.init: its own handler exits at once
     cluster.check_shared_storage(storage)
-    if saved:
+    if saved and saved.parent_run_id:
         parent_run_id = saved.parent_run_id
         job = SearchJob(space, name, storage, data_dir, client, experiment_id, parent_run_id)
         # first of all, what a store that was away missed; a record that cannot be read back (a truncated snapshot,
@@ -189,21 +192,29 @@ def prepare(
             write_state(Path(storage, name), replace(saved, overrides=overrides))
         client.update_run(parent_run_id, status="RUNNING")
         return job
+    if saved:  # killed while it started, before it recorded its parent run: no trial ran; it starts now, in place
+        smoke, warm_start = saved.smoke, saved.warm_start  # of any parent run it had begun
+        warm = _warm_start(warm_start, storage, space) if warm_start else []
+        discard_parents(client, experiment_id, saved.claim_id)
+        state, starting = replace(saved, overrides=overrides), nullcontext()
+    else:
+        state = SearchState(
+            space_path=str(space.path), space_sha=space.sha, overrides=overrides, smoke=smoke, data_dir=data_dir,
+            experiment=space.name, experiment_id=experiment_id, tracking_uri=client.tracking_uri,
+            max_epochs=space.settings.MAX_EPOCHS, metric=space.settings.METRIC, mode=space.settings.MODE,
+            warm_start=warm_start, claim_id=uuid.uuid4().hex,
+        )  # fmt: skip
+        starting = claim(storage, name, state)  # of two searches started with one --name, the second stops here
     params = {f"setting.{k}": v for k, v in vars(space.settings).items() if k not in ("FIXED", "SMOKE")}
     params.update({f"fixed.{k}": v for k, v in space.base_config(data_dir).items()})
     params.update({"package_version": __version__, "overrides": json.dumps(overrides), "warm_start": warm_start})
     params.update({**versions(), **sampler_settings(make_sampler(space.settings.SEED), space.settings.SEED)})
-    tags = {"space": str(space.path), "smoke": str(smoke), **data_tags}
-    with claim(storage, name):  # of two searches started with one --name, the second stops here, with no parent
+    tags = {"space": str(space.path), "smoke": str(smoke), "search_claim": state.claim_id, **data_tags}
+    with starting:
         parent_run_id = start_parent(client, experiment_id, name, params, tags,
                                      {f"space/{space.path.name}": space.source})  # fmt: skip
         job = SearchJob(space, name, storage, data_dir, client, experiment_id, parent_run_id, warm)
-        write_state(Path(job.path), SearchState(
-            space_path=str(space.path), space_sha=space.sha, overrides=overrides, smoke=smoke, data_dir=data_dir,
-            experiment=space.name, experiment_id=experiment_id, parent_run_id=parent_run_id,
-            tracking_uri=client.tracking_uri, max_epochs=space.settings.MAX_EPOCHS,
-            metric=space.settings.METRIC, mode=space.settings.MODE,
-        ))  # fmt: skip
+        write_state(Path(job.path), replace(state, parent_run_id=parent_run_id))
     mlflow_ui.log_dataset(client, parent_run_id, splits, data_dir)
     return job
 

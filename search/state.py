@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ class SearchState:
     max_epochs: int = 0
     metric: str = "val_acc"  # METRIC and MODE, by which each trial's run keeps its best epoch
     mode: str = "max"
+    warm_start: str = ""  # the earlier search TPE started from
+    claim_id: str = ""  # tags the parent run, so that a search killed before it recorded parent_run_id finds it
 
 
 @dataclass
@@ -123,12 +126,15 @@ def write_state(folder: Path, state: SearchState) -> None:
 
 
 @contextmanager
-def claim(storage: str, name: str) -> Iterator[Path]:
-    """Claims `storage/name` for a new search: its search.json, created exclusively, the block to fill it in.
+def claim(storage: str, name: str, state: SearchState) -> Iterator[Path]:
+    """Claims `storage/name` for a new search: its search.json, created exclusively and whole (`state`, its parent
+    run still to come), and the block that creates the parent and writes its id with `write_state`.
 
-    Two searches started with one --name both find no search.json; only one can create it (O_EXCL is atomic, on
-    NFS too since v3). If the block fails before `write_state` fills the file, the claim is released: the empty
-    file goes, and the folder too when the claim made it and it is still empty.
+    Two searches started with one --name both find no search.json; only one can create it: the file is written
+    aside and hard-linked into place, which is atomic and fails when the name exists (on NFS too). A search killed
+    inside the block leaves a readable search.json without a parent_run_id, which --resume starts afresh. If the
+    block fails instead, the claim is released: the file goes, and the folder too when the claim made it and it is
+    still empty.
 
     Raises:
         UsageError: a search of that name exists, or is starting this moment.
@@ -136,16 +142,20 @@ def claim(storage: str, name: str) -> Iterator[Path]:
     path = state_path(storage, name)
     made = not path.parent.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f".{STATE_FILE}.{uuid.uuid4().hex}")
+    aside.write_text(json.dumps(asdict(state), indent=2))
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.link(aside, path)
     except FileExistsError:
         raise UsageError(
             f"--name {name}: a search of that name exists in {storage}; use --resume or a new name"
         ) from None
+    finally:
+        aside.unlink()
     try:
         yield path
     except BaseException:
-        if path.stat().st_size == 0:  # never written: nothing of this search exists
+        if not read_state(path.parent).parent_run_id:  # never recorded: nothing of this search exists
             path.unlink()
             if made:
                 with suppress(OSError):  # something else is in it now

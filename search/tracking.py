@@ -171,6 +171,15 @@ def start_parent(client: MlflowClient, experiment_id: str, name: str, params: di
     return run.info.run_id
 
 
+def discard_parents(client: MlflowClient, experiment_id: str, claim_id: str) -> None:
+    """Deletes the parent runs a search began under `claim_id` and never recorded (it was killed starting): they
+    hold only its params, which the parent that replaces them logs again."""
+    if not claim_id:
+        return
+    for run in client.search_runs([experiment_id], filter_string=f"tags.search_claim = '{claim_id}'"):
+        client.delete_run(run.info.run_id)
+
+
 def end_parent(client: MlflowClient, run_id: str, status: str, **tags: str) -> None:
     """Ends the parent run; best-effort, since the store may be what failed (--resume ends it properly then)."""
     try:

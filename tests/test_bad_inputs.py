@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,7 @@ def test_of_two_claims_of_one_name_exactly_one_wins(tmp_path):
     def race() -> None:
         barrier.wait()
         try:
-            with claim(storage, "same"):
+            with claim(storage, "same", SearchState("space.py", "sha", {})):
                 time.sleep(0.2)  # while the winner creates its parent run, the others try
                 results.append("won")
         except UsageError as exc:
@@ -187,17 +188,32 @@ def test_of_two_claims_of_one_name_exactly_one_wins(tmp_path):
 
 
 def test_a_claim_whose_search_fails_before_its_state_is_written_is_released(tmp_path):
-    storage = str(tmp_path / "runs")
-    with pytest.raises(RuntimeError), claim(storage, "x"):
+    storage, state = str(tmp_path / "runs"), SearchState("space.py", "sha", {})
+    with pytest.raises(RuntimeError), claim(storage, "x", state):
         raise RuntimeError("the store failed creating the parent run")
     assert not (tmp_path / "runs" / "x").exists()
-    with claim(storage, "x") as path:  # the name is free again
-        write_state(path.parent, SearchState("space.py", "sha", {}))
-    with pytest.raises(RuntimeError), claim(storage, "y"):
+    with claim(storage, "x", state) as path:  # the name is free again
+        write_state(path.parent, replace(state, parent_run_id="abc"))
+    with pytest.raises(RuntimeError), claim(storage, "y", state):
         raise RuntimeError
-    with pytest.raises(UsageError, match="--name x: a search of that name exists"), claim(storage, "x"):
+    with pytest.raises(UsageError, match="--name x: a search of that name exists"), claim(storage, "x", state):
         pass
-    assert read_state(tmp_path / "runs" / "x").space_path == "space.py"  # a written claim stays
+    assert read_state(tmp_path / "runs" / "x").parent_run_id == "abc"  # a written claim stays
+    assert sorted(p.name for p in (tmp_path / "runs").rglob("*")) == ["search.json", "x"]  # nothing aside
+
+
+def test_a_claim_killed_before_it_records_its_parent_leaves_whole_state(tmp_path):
+    """The claim's search.json is whole from the first moment: a driver killed before recording its parent run left
+    it empty, and --resume refused it as unreadable (seen in CI)."""
+    code = (
+        "import os, signal, sys; from search.state import SearchState, claim\n"
+        "with claim(sys.argv[1], 'x', SearchState('space.py', 'sha', {'A': 1}, claim_id='c')):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    state = read_state(tmp_path / "x")
+    assert (state.overrides, state.claim_id, state.parent_run_id) == ({"A": 1}, "c", "")
 
 
 # search.submit --address at something that accepts the connection and never answers

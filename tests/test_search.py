@@ -252,6 +252,50 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(moment, data
     assert {r.data.tags["trial_id"] for r in trial_runs} <= tune_trials
 
 
+KILL_AT = """
+import os, runpy, signal, sys
+import search.driver as driver
+
+start_parent, moment = driver.start_parent, sys.argv.pop()
+
+def killed(*args, **kwargs):
+    if moment == "after":
+        start_parent(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+driver.start_parent = killed
+runpy.run_module("search.run", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_a_driver_killed_while_it_starts_resumes_as_one_search(moment, data_dir, tmp_path):
+    """Killed between claiming its name and recording its parent run (before or after creating it): CI caught the
+    search.json of such a search empty, and --resume refused it as unreadable. It resumes as one search, under one
+    parent run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = tmp_path / "runs"
+    cmd = [
+        str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet", "--name", "starting", "--storage", str(runs),
+        "--tracking-uri", uri, "--data-dir", str(data_dir), "--set", "MAX_EPOCHS=1",
+    ]  # fmt: skip
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, *cmd, moment], cwd=tmp_path, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("vgg_fashion_mnist").experiment_id
+    assert len(client.search_runs([experiment_id])) == (moment == "after")
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "search.run", *cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    parents = client.search_runs([experiment_id], filter_string="tags.smoke = 'True'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children(client, parents[0].info.run_id)) == 4
+
+
 def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_dir, tmp_path):
     """Ctrl-C in a search's last wave, once the searcher has made all NUM_SAMPLES trials: Tune saves its record with
     the trials RUNNING, then marks them TERMINATED in memory. The search took that for its end, chose a winner
