@@ -20,23 +20,25 @@ from pathlib import Path
 import mlflow
 from ray import tune
 
-from search import __version__, cluster, mlflow_ui, report
+from search import __version__, cluster, mlflow_ui, record, registry, report
 from search.data import DEFAULT_DATA_DIR, note_if_fake
 from search.errors import SearchFailed, UsageError, one_line
 from search.final import retrain
 from search.progress import SearchReporter, cost_line
-from search.searcher import load_study, make_sampler, sampler_settings, warm_trials
-from search.space import Space, load_space
-from search.state import (
-    SearchJob,
-    SearchState,
+from search.record import (
     check_storage,
     claim,
+    latest,
     read_state,
     state_path,
+    trial_count,
+    unfinished_trials,
     write_best_config,
     write_state,
 )
+from search.searcher import load_study, make_sampler, sampler_settings, warm_trials
+from search.space import Space, load_space
+from search.state import SearchJob, SearchState
 from search.tracking import (
     LiveTracking,
     Ranking,
@@ -46,7 +48,6 @@ from search.tracking import (
     open_store,
     start_parent,
     sync,
-    unfinished_trials,
     versions,
 )
 from search.train import TrainConfig, evaluate_test, load_data, model_from_checkpoint, test_batches
@@ -149,10 +150,10 @@ def prepare(
     data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else ""
     saved = None
     if resume:
-        name = name or _find_previous(storage, space.name)
-        if not state_path(storage, name).exists():
+        name = name or latest(storage, space.name)
+        if not record.exists(state_path(storage, name)):
             raise UsageError(f"--resume {name}: no such search under {storage}")
-        saved = read_state(state_path(storage, name).parent)
+        saved = read_state(record.join(storage, name))
         if saved.space_sha != space.sha:
             raise UsageError(
                 f"--resume {name}: it searched {saved.space_path} as it was then; {space.path} has changed"
@@ -162,7 +163,7 @@ def prepare(
         data_dir = data_dir or saved.data_dir
     else:
         name = name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if state_path(storage, name).exists():
+        if record.exists(state_path(storage, name)):
             raise UsageError(f"--name {name}: a search of that name exists in {storage}; use --resume or a new name")
         check_storage(storage)
     # Each trial runs in a working folder of Ray's: the default ./data, like every relative path, means the folder
@@ -189,7 +190,7 @@ def prepare(
         sync(job.path, client, experiment_id, parent_run_id, space.settings.MAX_EPOCHS, ranking=_ranking(space))
         if overrides != saved.overrides:  # extended; the parent's params cannot change, so a tag says so
             client.set_tag(parent_run_id, "extended.NUM_SAMPLES", str(space.settings.NUM_SAMPLES))
-            write_state(Path(storage, name), replace(saved, overrides=overrides))
+            write_state(record.join(storage, name), replace(saved, overrides=overrides))
         client.update_run(parent_run_id, status="RUNNING")
         return job
     if saved:  # killed while it started, before it recorded its parent run: no trial ran; it starts now, in place
@@ -214,7 +215,7 @@ def prepare(
         parent_run_id = start_parent(client, experiment_id, name, params, tags,
                                      {f"space/{space.path.name}": space.source})  # fmt: skip
         job = SearchJob(space, name, storage, data_dir, client, experiment_id, parent_run_id, warm)
-        write_state(Path(job.path), replace(state, parent_run_id=parent_run_id))
+        write_state(job.path, replace(state, parent_run_id=parent_run_id))
     mlflow_ui.log_dataset(client, parent_run_id, splits, data_dir)
     return job
 
@@ -253,8 +254,9 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
         raise SearchFailed(f"no trial finished ({counts}); the last line of an error: {one_line(first or 'none')}")
     ranked = pool.sort_values(s.METRIC, ascending=s.MODE == "min")
     best_row = ranked.iloc[0]
-    checkpoint = Path(best_row.checkpoint) / CHECKPOINT_FILE
-    model, config = model_from_checkpoint(checkpoint)
+    with record.local_copy(record.join(best_row.checkpoint, CHECKPOINT_FILE)) as checkpoint:
+        model, config = model_from_checkpoint(checkpoint)
+        job.client.log_artifact(job.parent_run_id, checkpoint, "best")
     config.data_dir = job.data_dir
     splits = load_data(config)
     test = evaluate_test(model, config, splits)
@@ -270,13 +272,14 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
         logged = mlflow.pytorch.log_model(
             model.eval(), name="model", input_example=example.numpy(), pip_requirements=pinned
         )
-        mlflow.log_artifact(str(checkpoint), "best")
     model_uri = logged.model_uri
 
     chosen = report.pareto_front(pool, s.METRIC, s.MODE, "macs") if final_front else ranked.head(final_top_k)
     final = retrain(job, chosen, final_seeds) if len(chosen) else None
     study = load_study(job.path, job.space)
     summary = report.summarize(job.space, frame, pool, best_row, test, start, model_uri, final, study)
+    if s.REGISTER:  # a new version of the registered model; champion only if it beats the current one
+        summary["registered"] = registry.register_winner(job, logged.model_id, best_row.trial_id, test, splits)
     summary["best_config_file"] = str(write_best_config(job.path, report.trial_config(frame, best_row.trial_id)))
     view = mlflow_ui.save_view(
         job.client, job.experiment_id, job.parent_run_id, s.METRIC, frame.attrs["params"], s.MODE
@@ -292,9 +295,9 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
 
 def _warm_start(name: str, storage: str, space: Space) -> list:
     """The trials of the earlier search `name` that fit `space`, saying how many that is."""
-    if not state_path(storage, name).exists():
+    if not record.exists(state_path(storage, name)):
         raise UsageError(f"--warm-start {name}: no such search under {storage}")
-    previous = load_study(state_path(storage, name).parent, space)
+    previous = load_study(record.join(storage, name), space)
     warm = warm_trials(previous, space)
     print(f"warm start: {len(warm)} of the {len(previous.trials)} trials of {name} fit {space.path.name}", flush=True)
     return warm
@@ -318,20 +321,13 @@ def _extended(name: str, saved: SearchState, overrides: dict, storage: str) -> d
                 f"it began (it may only raise NUM_SAMPLES); start a new one, with --warm-start {name} to build on it"
             )
     if "NUM_SAMPLES" in changed:
-        had = len(list(Path(storage, name).glob("*/params.json")))  # trials Tune created so far
+        had = trial_count(record.join(storage, name))
         if not isinstance(changed["NUM_SAMPLES"], int) or changed["NUM_SAMPLES"] < max(had, 1):
             raise UsageError(
                 f"--resume {name}: NUM_SAMPLES={changed['NUM_SAMPLES']!r}: it has {had} trials; "
                 f"extending needs a count of at least that"
             )
     return {**saved.overrides, **changed}
-
-
-def _find_previous(storage: str, stem: str) -> str:
-    found = sorted(Path(storage).glob(f"{stem}-*/search.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UsageError(f"--resume: no search of {stem} under {storage}; give --name of the search to resume")
-    return found[-1].parent.name
 
 
 def _unfinished(job: SearchJob, results: tune.ResultGrid) -> bool:

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from search import record
 from search.cluster import concurrency
+from search.record import unfinished_trials
 from search.report import searched_config
 from search.state import SearchJob
-from search.tracking import LiveTracking, Ranking, sync, unfinished_trials
+from search.tracking import LiveTracking, Ranking, sync
 from search.train import evaluate_test, model_from_checkpoint
 from search.trainable import CHECKPOINT_FILE, trainable
 from search.tuner import build_tuner, fit
@@ -37,7 +39,7 @@ def retrain(job: SearchJob, top: pd.DataFrame, seeds: int) -> dict:
         {"configs": [{trial_id, seeds, test_acc_mean, test_acc_std}], "experiment_path": ...}
     """
     s = job.space.settings
-    path = f"{job.path}-final"
+    path = record.final_folder(job.path)
     ranking = Ranking(s.METRIC, s.MODE)
     tracking = LiveTracking(job.client.tracking_uri, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final",
                             ranking)  # fmt: skip
@@ -53,7 +55,8 @@ def retrain(job: SearchJob, top: pd.DataFrame, seeds: int) -> dict:
     for r in retrained:
         if r.checkpoint is None or r.error is not None:
             continue
-        model, config = model_from_checkpoint(Path(r.checkpoint.path) / CHECKPOINT_FILE)
+        with r.checkpoint.as_directory() as folder:  # a download when the storage is remote
+            model, config = model_from_checkpoint(Path(folder) / CHECKPOINT_FILE)
         config.data_dir = job.data_dir
         rows.append({"source": r.config["variant"]["source_trial"], **evaluate_test(model, config)})
     by_source = pd.DataFrame(rows).groupby("source", sort=False).test_acc if rows else []

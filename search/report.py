@@ -12,6 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: drawing a file must not touch a notebook's backend or figures
 from optuna.trial import TrialState
 
+from search import record
 from search.progress import rung_epochs
 from search.searcher import outcome_of
 from search.space import COST_MODES, METRICS_MODES
@@ -56,7 +57,7 @@ def trials_frame(results, space) -> pd.DataFrame:
             **{k: last.get(k) for k in COST},
             "seconds": last.get("time_total_s", 0.0),
             "ended": last.get("timestamp", 0),
-            "checkpoint": r.checkpoint.path if r.checkpoint else "",
+            "checkpoint": record.checkpoint_uri(r.checkpoint) if r.checkpoint else "",
         }
         rows.append(row)
         frame = r.metrics_dataframe
@@ -292,9 +293,17 @@ def format_summary(summary: dict) -> str:
         lines += [f"  {_front_line(row, metric.removeprefix('best_'))}" for row in front]
     lines += [f"plots       {name}.png skipped: {why}" for name, why in summary.get("plots_skipped", {}).items()]
     lines += [f"model       {summary['model']}", f"checkpoint  {summary['best_checkpoint']}"]
+    if "registered" in summary:
+        lines.append(f"registered  {_registered_line(summary['registered'])}")
     if "ui" in summary:
         lines.append(f"compare     {summary['ui']}")
     return "\n".join(lines)
+
+
+def _registered_line(registered: dict) -> str:
+    """`NAME version N as champion (URI)`, or as challenger with why it is not champion (search.registry)."""
+    where = f"{registered['name']} version {registered['version']} as {registered['alias']} ({registered['uri']})"
+    return f"{where}: {registered['why']}" if registered["why"] else where
 
 
 def _front_line(row: dict, metric: str) -> str:
@@ -358,7 +367,8 @@ def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, pool, study, 
     client.log_text(run_id, summary_json, "summary.json")
     client.log_text(run_id, format_summary(summary), "summary.txt")
     if "best_config_file" in summary:
-        client.log_artifact(run_id, summary["best_config_file"])
+        with record.local_copy(summary["best_config_file"]) as path:  # on s3:// too
+            client.log_artifact(run_id, path)
     client.log_figure(run_id, plot_curves(frame, metric), "plots/learning_curves.png")
     client.log_figure(run_id, plot_front(frame, metric, space.settings.MODE, pool), "plots/pareto_front.png")
     from optuna.visualization import matplotlib as ovm

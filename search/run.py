@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from search import cli
 from search.errors import UsageError
+from search.record import check_storage
 from search.space import read_space
-from search.state import check_storage
 
 if TYPE_CHECKING:
     from search.driver import SearchResult
@@ -46,6 +46,7 @@ def search(
     final_top_k: int = 0,
     final_front: bool = False,
     final_seeds: int = 3,
+    register: str = "",
     quiet: bool = False,
 ) -> SearchResult:
     """Runs (or resumes) a search of one space file and returns what it found.
@@ -67,6 +68,9 @@ def search(
             from; a new search only.
         final_top_k, final_seeds: retrain the K best configs from scratch with S seeds each.
         final_front: retrain the members of the accuracy-against-MACs front instead of the top K.
+        register: the REGISTER setting: the winner becomes a new version of this MLflow registered model, alias
+            `champion` when its test accuracy beats the current champion's on the same test split, else
+            `challenger`.
         quiet: no live table.
 
     Raises:
@@ -80,6 +84,7 @@ def search(
     for key, value in (
         ("NUM_SAMPLES", num_samples), ("MAX_EPOCHS", max_epochs), ("TIME_BUDGET", time_budget),
         ("CPUS_PER_TRIAL", cpus_per_trial), ("GPUS_PER_TRIAL", gpus_per_trial), ("MAX_CONCURRENT", max_concurrent),
+        ("REGISTER", register),
     ):  # fmt: skip
         if value not in (None, ""):
             overrides[key] = value
@@ -138,6 +143,8 @@ def _parser() -> cli.ArgumentParser:
     p.add_argument("--final-top-k", type=cli.at_least(0), default=0, help="retrain the K best configs from scratch")
     p.add_argument("--final-front", action="store_true", help="retrain the accuracy-against-MACs front instead")
     p.add_argument("--final-seeds", type=cli.at_least(1), default=3, help="seeds per config retrained")
+    p.add_argument("--register", default="", metavar="NAME", help="register the winner in MLflow's Model Registry "
+                   "(REGISTER): champion if it beats the current one, else challenger")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no live table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import optuna
-from ray.tune.search import ConcurrencyLimiter
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from search import record
 from search.space import Space, distributions, load_space
-from search.state import read_state
 from search.train import TrainConfig
 
 STUDY_NAME = "search"
@@ -219,8 +219,9 @@ def make_searcher(space: Space, max_concurrent: int, warm_start: list | None = N
 def load_study(experiment_path: str | Path, space: Space | None = None) -> optuna.Study:
     """The Optuna study of a search, as Tune last saved it (trials, states, intermediate values)."""
     if space is None:
-        state = read_state(Path(experiment_path))
+        state = record.read_state(experiment_path)
         space = load_space(state.space_path, state.overrides, state.smoke)
     limiter = make_searcher(space, 1)
-    limiter.restore_from_dir(str(experiment_path))
+    with record.local_files(experiment_path, Searcher.CKPT_FILE_TMPL.format("*")) as folder:
+        limiter.restore_from_dir(folder)
     return limiter.searcher.study

@@ -68,6 +68,8 @@ class Settings:
     FIXED: dict = _setting({}, "train config keys or model options fixed for every trial")
     START_WITH: list = _setting([], "configs (dicts of searched parameters) to try first, e.g. a known baseline")
     SMOKE: dict = _setting({}, "settings and fixed params --smoke applies on top of SMOKE_DEFAULTS")
+    REGISTER: str = _setting("", "register the winner as a new version of this MLflow registered model; "
+                             "empty = do not")  # fmt: skip
 
     @classmethod
     def names(cls) -> list[str]:
@@ -141,6 +143,8 @@ class Settings:
                 parse_duration(self.TIME_BUDGET)
             except ValueError as exc:
                 return "TIME_BUDGET", str(exc)
+        if self.REGISTER and (why := registered_name_problem(self.REGISTER)):
+            return "REGISTER", why
         return None
 
     def _objectives_problem(self) -> str:
@@ -251,6 +255,21 @@ def _duration_text(seconds: float) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size:g}{unit}"
     return f"{seconds:g}s"
+
+
+def registered_name_problem(name: str) -> str:
+    """What makes `name` no name for an MLflow registered model ('' if nothing): MLflow's own rules
+    (`mlflow.utils.validation._validate_model_name` and its 256-character column), checked without importing
+    MLflow, and no '?', which MLflow accepts but which cuts the URI `models:/NAME@champion` short."""
+    if not name.strip():
+        return "an MLflow registered model name must not be blank"
+    if any(c in name for c in "/:?"):
+        return "an MLflow registered model name must not contain '/', ':' or '?'"
+    if name in (".", "..") or name.startswith(".."):  # MLflow treats names as paths that must not resolve elsewhere
+        return "an MLflow registered model name must not be '.' or start with '..'"
+    if len(name) > 256:
+        return f"an MLflow registered model name has at most 256 characters, not {len(name)}"
+    return ""
 
 
 def parse_duration(text: str) -> float:

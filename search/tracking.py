@@ -19,12 +19,10 @@ ones ASHA stopped too, by the best each reached.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import platform
 import queue
-import re
 import sys
 import threading
 import time
@@ -44,11 +42,9 @@ from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
 from ray import tune
 from ray.tune.experiment import Trial
 
-from search import cli, mlflow_ui
+from search import cli, mlflow_ui, record
 from search.errors import UsageError, one_line
 from search.searcher import outcome_of
-from search.state import read_state
-from search.tuner import has_snapshot
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
@@ -277,31 +273,6 @@ def _end_run(client: MlflowClient, run_id: str, outcome: str, error: str = "") -
         client.set_terminated(run_id, status=STATUS[outcome])
 
 
-def _results(trial_folder: Path) -> list[dict]:
-    """A trial's epochs from Tune's result.json, one per epoch (a retried trial may report an epoch twice)."""
-    path = trial_folder / "result.json"
-    by_epoch = {}
-    for number, line in enumerate(path.read_text(errors="replace").splitlines() if path.exists() else [], 1):
-        try:
-            result = json.loads(line)
-        except ValueError:  # a write cut short (a killed process, a full disk), or not Tune's file
-            raise UsageError(f"{path}:{number}: not a JSON line (torn, or not Tune's); delete that line and sync "
-                             "again") from None  # fmt: skip
-        if not isinstance(result, dict):
-            raise UsageError(f"{path}:{number}: expected a JSON object of one epoch's metrics, got {line[:80]}")
-        if "epoch" in result:
-            by_epoch[int(result["epoch"])] = result
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _error_line(trial_folder: Path) -> tuple[str, str]:
-    """(last line, whole trace) of a trial's error.txt."""
-    path = trial_folder / "error.txt"
-    trace = path.read_text() if path.exists() else "unknown error"
-    lines = [line for line in trace.splitlines() if line.strip()]
-    return next((line for line in reversed(lines) if not line.startswith(" ")), lines[-1] if lines else ""), trace
-
-
 def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, parent_run_id: str,
          max_epochs: int, stage: str = "search", ranking: Ranking = Ranking()) -> dict[str, int]:  # fmt: skip
     """Makes MLflow agree with Tune's record of an experiment: exactly one complete run per trial.
@@ -318,24 +289,23 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
     Returns:
         Counts of what changed: created, epochs, ended, deleted.
     """
-    experiment_path = Path(experiment_path)
+    experiment_path = str(experiment_path)
     changed = {"created": 0, "epochs": 0, "ended": 0, "deleted": 0}
-    if not has_snapshot(experiment_path):  # killed before its first snapshot, or a partial copy: nothing known
+    if not record.has_snapshot(experiment_path):  # killed before its first snapshot, or a partial copy: nothing known
         return changed  # and nothing known is no reason to delete: a run is an orphan only beside a snapshot
-    trials = _tune_trials(experiment_path)
+    trials = record.tune_trials(experiment_path)
     runs = child_runs(client, experiment_id, parent_run_id, stage)
     for trial_id, run in runs.items():
         if trial_id not in trials:
             client.delete_run(run.info.run_id)
             changed["deleted"] += 1
     for trial_id, trial in trials.items():
-        folder = experiment_path / trial_id
         run = runs.get(trial_id)
         run_id = run.info.run_id if run else _create_run(client, experiment_id, parent_run_id, stage, trial_id,
                                                          dict(trial.config))  # fmt: skip
         changed["created"] += run is None
         tagged = int(run.data.tags.get("epoch", 0)) if run else 0
-        results = _results(folder)
+        results = record.results(experiment_path, trial_id)
         logged = _logged_epochs(client, run_id, tagged) if results and results[-1]["epoch"] > tagged else tagged
         missing = [r for r in results if r["epoch"] > logged]
         if missing:
@@ -347,13 +317,13 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
         best = ranking.best(results)
         if not missing and best and ranking.logged(run) != best:  # a run logged before runs held their best
             client.log_batch(run_id, metrics=ranking.metrics(best, int(time.time() * 1000), int(results[-1]["epoch"])))
-        outcome = _outcome(trial.status, folder, results[-1] if results else None, max_epochs, trial.max_failures)
+        outcome = _outcome(trial, experiment_path, results[-1] if results else None, max_epochs)
         ended = run and run.data.tags.get("outcome") == outcome and run.info.status == STATUS[outcome]
         if ended and (outcome != "errored" or run.data.tags.get("error")):  # live logging ends runs without the trace
             continue
         error = ""
         if outcome == "errored" and not (run and run.data.tags.get("error")):
-            error, trace = _error_line(folder)
+            error, trace = record.error_trace(experiment_path, trial_id)
             client.log_text(run_id, trace, "error.txt")
         _end_run(client, run_id, outcome, error)
         changed["ended"] += 1
@@ -366,52 +336,12 @@ def _logged_epochs(client: MlflowClient, run_id: str, tagged: int) -> int:
     return max([tagged, *(m.step for m in client.get_metric_history(run_id, "val_acc"))])
 
 
-def _outcome(status: str, folder: Path, last: dict | None, max_epochs: int, max_failures: int) -> str:
-    """How a trial ended, by Tune's snapshot and its folder.
-
-    Tune's last snapshot can still say RUNNING for a trial whose worker died with no retries left: Tune does not
-    mark an errored trial for its next snapshot (Ray 2.60). Its error.txt says how often it failed ("Failure # N"),
-    and Tune retries a trial only while N <= max_failures: past that, the trial errored, whatever the snapshot says.
-    """
+def _outcome(trial: Trial, folder: str, last: dict | None, max_epochs: int) -> str:
+    """How a trial ended, by Tune's snapshot and its folder (see `record.trial_status`)."""
+    status = record.trial_status(trial, folder)
     if status == "TERMINATED":
         return outcome_of(last, max_epochs)
-    if status == "ERROR" or _out_of_retries(folder, max_failures):
-        return "errored"
-    return "interrupted"
-
-
-def _out_of_retries(folder: Path, max_failures: int) -> bool:
-    error = folder / "error.txt"
-    failures = [int(n) for n in re.findall(r"^Failure # (\d+)", error.read_text(), re.M)] if error.exists() else []
-    return bool(failures) and 0 <= max_failures < max(failures)
-
-
-def unfinished_trials(experiment_path: str | Path) -> list[str]:
-    """The trials Tune's record says are still to run (pending, paused or stopped on Ctrl-C): what --resume continues.
-
-    Ask the record, not the ResultGrid: on Ctrl-C (or SIGTERM, as run.py turns it) Tune saves its snapshot and then
-    marks the trials it stops TERMINATED in memory (Ray 2.60), so a search stopped in its last wave of trials
-    looks finished there.
-    """
-    path = Path(experiment_path)
-    return [
-        trial_id
-        for trial_id, trial in _tune_trials(path).items()
-        if _outcome(trial.status, path / trial_id, None, 0, trial.max_failures) == "interrupted"
-    ]
-
-
-def _tune_trials(experiment_path: Path) -> dict[str, Trial]:
-    """trial_id -> trial (status, config, max_failures) from Tune's newest experiment snapshot; none before the
-    first one."""
-    if not has_snapshot(experiment_path):
-        return {}
-    try:
-        analysis = tune.ExperimentAnalysis(str(experiment_path))
-    except (ValueError, KeyError, TypeError) as exc:  # a torn or foreign JSON file (JSONDecodeError is a ValueError)
-        raise UsageError(f"{experiment_path}: Tune's snapshot (experiment_state-*.json) is unreadable "
-                         f"({one_line(exc, 200)}); is the folder a complete copy?") from None  # fmt: skip
-    return {t.trial_id: t for t in analysis.trials}
+    return "errored" if status == "ERROR" else "interrupted"
 
 
 class LiveTracking(tune.Callback):
@@ -542,10 +472,11 @@ class LiveTracking(tune.Callback):
 
 
 def sync_search(folder: str | Path) -> dict[str, int]:
-    """Syncs a search folder (runs/NAME, which holds search.json) and its final retrains to its MLflow store."""
-    folder = Path(folder).resolve()  # Tune's storage layer takes absolute paths or URIs only
-    state = read_state(folder)
-    if not has_snapshot(folder):
+    """Syncs a search folder (runs/NAME or s3://bucket/runs/NAME, which holds search.json) and its final retrains
+    to its MLflow store."""
+    folder = str(folder) if record.is_remote(folder) else str(Path(folder).resolve())
+    state = record.read_state(folder)
+    if not record.has_snapshot(folder):
         raise UsageError(
             f"{folder}: no Tune snapshot (experiment_state-*.json) there, so nothing to sync from: a partial copy, "
             "or a search stopped before its first snapshot; MLflow is left as it is"
@@ -553,8 +484,8 @@ def sync_search(folder: str | Path) -> dict[str, int]:
     client = open_store(state.tracking_uri)
     ranking = Ranking(state.metric, state.mode)
     totals = sync(folder, client, state.experiment_id, state.parent_run_id, state.max_epochs, ranking=ranking)
-    final = Path(f"{folder}-final")
-    if final.exists():
+    final = record.final_folder(folder)
+    if record.exists(final):
         args = (final, client, state.experiment_id, state.parent_run_id, state.max_epochs, "final", ranking)
         for key, n in sync(*args).items():
             totals[key] += n
@@ -565,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     p = cli.ArgumentParser(prog="python -m search.tracking", description="Rebuild a search's MLflow runs.")
     commands = p.add_subparsers(dest="command", required=True, parser_class=cli.ArgumentParser)
     sync_cmd = commands.add_parser("sync", help="make MLflow agree with a search's folder (idempotent)")
-    sync_cmd.add_argument("folder", help="the search's folder, e.g. runs/vgg_cifar100-20261124-101500")
+    sync_cmd.add_argument(
+        "folder", help="the search's folder, e.g. runs/vgg_cifar100-20261124-101500 or s3://bucket/runs/NAME"
+    )
     sync_cmd.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
     cli.cap_mlflow_retries()

@@ -7,7 +7,6 @@ compares their early and final rankings without the range restriction of looking
 from __future__ import annotations
 
 import math
-import os
 import posixpath
 import random
 import signal
@@ -15,13 +14,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import pyarrow.fs
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
 
+from search import record
 from search.searcher import make_searcher
 from search.space import Space
 
@@ -98,32 +97,20 @@ def fit(tuner: tune.Tuner) -> tune.ResultGrid:
             signal.signal(signal.SIGINT, handler)
 
 
-def has_snapshot(path: str | os.PathLike) -> bool:
-    """Whether Tune wrote an experiment snapshot at `path` (a folder or a URI): what a resume continues from.
-
-    Not `Tuner.can_restore`, which looks for tuner.pkl: Tune writes that when the Tuner is built, before any
-    snapshot, and a Tuner restored from it alone starts over with its searcher in whatever state it was pickled.
-    """
-    path = str(path)
-    fs, root = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
-    found = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    return any(posixpath.basename(f.path).startswith("experiment_state-") for f in found)
-
-
 def _run_to(path: str, num_samples: int) -> None:
     """Lets a restored experiment create trials up to `num_samples` (a --resume that extends a search).
 
     Tune keeps the count it began with in its search generator's state and offers no way to change it on
     restore, so the newest state file (Tune's own, in this search's folder) gets the new count.
     """
-    if "://" in path:
-        return  # remote storage is refused for resumable state anyway (see search.state)
-    files = sorted(Path(path).glob(SearchGenerator.CKPT_FILE_TMPL.format("*")))
-    state = _load_newest_checkpoint(path, SearchGenerator.CKPT_FILE_TMPL.format("*"))
-    if not files or state is None or state["total_samples"] >= num_samples:
-        return
-    state.update(total_samples=num_samples, finished=False)
-    _atomic_save(state, path, files[-1].name, f"tmp-{files[-1].name}")
+    pattern = SearchGenerator.CKPT_FILE_TMPL.format("*")
+    with record.local_files(path, pattern) as folder:
+        files = sorted(Path(folder).glob(pattern))
+        state = _load_newest_checkpoint(folder, pattern)
+        if not files or state is None or state["total_samples"] >= num_samples:
+            return
+        state.update(total_samples=num_samples, finished=False)
+        _atomic_save(state, folder, files[-1].name, f"tmp-{files[-1].name}")
 
 
 def _trial_dirname(trial: Trial) -> str:
@@ -157,7 +144,7 @@ def build_tuner(
     """
     s = space.settings
     fn = tune.with_resources(trainable, {"cpu": s.CPUS_PER_TRIAL, "gpu": s.GPUS_PER_TRIAL})
-    if has_snapshot(path):
+    if record.has_snapshot(path):
         if search:
             _run_to(path, s.NUM_SAMPLES)
         # param_space is not restored from the experiment: trials created from now on need it again

@@ -1,13 +1,18 @@
-"""Shared fixtures: small fake datasets in the real on-disk formats, written once per test session."""
+"""Shared fixtures: small fake datasets in the real on-disk formats and finished smoke searches, each made once per
+test session; helpers.py holds the plain functions."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import pytest
 import ray
+from helpers import SMOKE_DATASETS, SMOKE_TEST, SMOKE_TRAIN
 from mlflow.tracking import MlflowClient
 
 from search import cli
@@ -34,6 +39,68 @@ def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("fashion")
     write_fake("fashion_mnist", str(root), train=1000, test=200)
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir with each dataset the space files search, big enough for --smoke (SMOKE_TRAIN, SMOKE_TEST)."""
+    root = tmp_path_factory.mktemp("smoke_data")
+    for name in SMOKE_DATASETS:
+        write_fake(name, str(root), train=SMOKE_TRAIN, test=SMOKE_TEST)
+    return root
+
+
+@dataclass
+class FinishedSearch:
+    """A finished `--smoke` search of one space file, shared by the tests that only read it: never change its
+    folder or store (copy the store first; its runs' artifacts stay where they are)."""
+
+    result: object  # search.run.SearchResult
+    uri: str  # its sqlite MLflow store, in `store`
+    store: Path
+    storage: Path  # --storage: the search's folder is storage / "smoke"
+    work: Path  # the working folder it ran in, empty before and after
+    data_dir: Path
+    kept_ctrl_c: bool  # the Ctrl-C handler was the same after the search as before it
+
+
+@pytest.fixture(scope="session")
+def finished_smoke_search(tmp_path_factory, smoke_data_dir, local_ray, _empty_store):
+    """`finished_smoke_search(stem)`: the `--smoke` search of spaces/STEM.py, on the session's Ray and smoke data,
+    run the first time a test asks for it (in-process, as a notebook runs it) and shared after that."""
+    from search.run import search
+
+    done: dict[str, FinishedSearch] = {}
+    failed: dict[str, Exception] = {}
+
+    def get(stem: str) -> FinishedSearch:
+        if stem in failed:  # once is enough: its first test has the traceback
+            pytest.fail(f"the shared smoke search of {stem} failed: {failed[stem]!r}")
+        if stem not in done:
+            root = tmp_path_factory.mktemp(f"smoke_{stem}")
+            work, store = root / "work", root / "store"
+            work.mkdir()
+            store.mkdir()
+            shutil.copy(_empty_store, store / "mlflow.db")
+            uri, here, ctrl_c = f"sqlite:///{store}/mlflow.db", os.getcwd(), signal.getsignal(signal.SIGINT)
+            env_uri = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow's set_tracking_uri sets it as well
+            os.chdir(work)  # a sqlite store keeps the artifacts beside it: nothing may land here
+            try:
+                result = search(str(Path(__file__).parents[1] / "spaces" / f"{stem}.py"), smoke=True, name="smoke",
+                                data_dir=str(smoke_data_dir), storage=str(root / "runs"), tracking_uri=uri,
+                                quiet=True)  # fmt: skip
+            except Exception as exc:
+                failed[stem] = exc
+                raise
+            finally:
+                os.chdir(here)
+                # the search points MLflow's fluent API at its store; the tests that share it must not log there
+                mlflow.set_tracking_uri(env_uri)
+            kept = signal.getsignal(signal.SIGINT) is ctrl_c
+            done[stem] = FinishedSearch(result, uri, store, root / "runs", work, smoke_data_dir, kept)
+        return done[stem]
+
+    return get
 
 
 @pytest.fixture(scope="session")

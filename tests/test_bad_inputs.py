@@ -22,15 +22,16 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from search import submit, tracking
+from search import record, submit, tracking
 from search.data import clear_cache
 from search.data import main as data_main
 from search.errors import ConfigError, UsageError
 from search.fake_data import main as fake_data_main
 from search.fake_data import write_fake
+from search.record import claim, read_state, write_state
 from search.run import main as run_main
 from search.run import search
-from search.state import SearchState, claim, read_state, write_state
+from search.state import SearchState
 from search.submit import main as submit_main
 from search.train import TrainConfig, save_checkpoint, train
 from search.train import main as train_main
@@ -192,8 +193,8 @@ def test_a_claim_whose_search_fails_before_its_state_is_written_is_released(tmp_
     with pytest.raises(RuntimeError), claim(storage, "x", state):
         raise RuntimeError("the store failed creating the parent run")
     assert not (tmp_path / "runs" / "x").exists()
-    with claim(storage, "x", state) as path:  # the name is free again
-        write_state(path.parent, replace(state, parent_run_id="abc"))
+    with claim(storage, "x", state) as folder:  # the name is free again
+        write_state(folder, replace(state, parent_run_id="abc"))
     with pytest.raises(RuntimeError), claim(storage, "y", state):
         raise RuntimeError
     with pytest.raises(UsageError, match="--name x: a search of that name exists"), claim(storage, "x", state):
@@ -206,7 +207,7 @@ def test_a_claim_killed_before_it_records_its_parent_leaves_whole_state(tmp_path
     """The claim's search.json is whole from the first moment: a driver killed before recording its parent run left
     it empty, and --resume refused it as unreadable (seen in CI)."""
     code = (
-        "import os, signal, sys; from search.state import SearchState, claim\n"
+        "import os, signal, sys; from search.record import claim; from search.state import SearchState\n"
         "with claim(sys.argv[1], 'x', SearchState('space.py', 'sha', {'A': 1}, claim_id='c')):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )
@@ -493,9 +494,10 @@ def test_submit_to_a_web_server_that_is_no_dashboard_is_one_line(http_404, monke
 )
 def test_a_torn_line_in_a_trials_results_is_one_line(tmp_path, lines, message):
     """The sync reads each trial's result.json; a write cut short by a kill or a full disk leaves a torn line."""
-    (tmp_path / "result.json").write_text("\n".join(lines) + "\n")
+    (tmp_path / "trial").mkdir()
+    (tmp_path / "trial" / "result.json").write_text("\n".join(lines) + "\n")
     with pytest.raises(UsageError, match=re.escape(message)) as info:
-        tracking._results(tmp_path)
+        record.results(tmp_path, "trial")
     assert len(str(info.value).splitlines()) == 1
 
 

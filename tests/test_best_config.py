@@ -16,14 +16,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from search import train
-from search.fake_data import write_fake
 from search.report import format_summary
-from search.run import search
 from search.train import TrainConfig, model_from_checkpoint
 
-pytestmark = pytest.mark.slow  # a whole search
+pytestmark = pytest.mark.slow  # a whole search (the session's smoke search of spaces/vgg_cifar100.py)
 
-SPACE = Path(__file__).parents[1] / "spaces" / "vgg_cifar100.py"  # define-by-run, with conditional params
+# spaces/vgg_cifar100.py: define-by-run, with conditional params
 
 
 def strict_json(text: str):
@@ -33,15 +31,12 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_best_config_json_trains_the_winning_trial_again(local_ray, tmp_path, monkeypatch, cli_exit):
+def test_best_config_json_trains_the_winning_trial_again(finished_smoke_search, tmp_path, monkeypatch, cli_exit):
     monkeypatch.chdir(tmp_path)
-    data = tmp_path / "data"
-    write_fake("cifar100", str(data), train=640, test=100)  # --smoke trains 512 images, 10% held out
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = search(str(SPACE), smoke=True, name="s", data_dir=str(data), storage=str(tmp_path / "runs"),
-                    tracking_uri=uri, quiet=True)  # fmt: skip
+    done = finished_smoke_search("vgg_cifar100")  # shared: read only
+    result, data, uri = done.result, done.data_dir, done.uri
     summary = result.summary
-    path = tmp_path / "runs" / "s" / "best_config.json"
+    path = done.storage / "smoke" / "best_config.json"
     assert summary["best_config_file"] == str(path)
     text = format_summary(summary)
     assert f"config file {path}" in text and "nan" not in text and "None" not in text

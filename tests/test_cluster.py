@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from helpers import free_port, wait_for
 from mlflow.tracking import MlflowClient
 
 from search import submit
@@ -47,24 +48,6 @@ SMOKE_TRIALS = 4  # search.space.SMOKE_DEFAULTS["NUM_SAMPLES"]
 TRAIN_IMAGES = 8000
 RUN_OPTIONS = ["--set", "TRAIN_SUBSET=7000", "--set", "batch_size=32", "--quiet", "--debug"]
 START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], object], timeout: float, what: str, log: Path | None = None) -> object:
-    """Polls `check` until it returns something truthy; fails with `what` and the log's tail on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException, OSError, ValueError, KeyError):
-            if result := check():
-                return result
-        time.sleep(1)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log and log.exists() else ""
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{tail}")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import children, free_port, wait_for
 from mlflow.tracking import MlflowClient
-
-from search.fake_data import write_fake
 
 pytestmark = pytest.mark.slow  # whole searches and clusters: minutes; `make test-fast` leaves them out
 
@@ -21,11 +20,9 @@ ROOT = Path(__file__).parents[1]
 FASHION = str(ROOT / "spaces/vgg_fashion_mnist.py")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fault_data")
-    write_fake("fashion_mnist", str(root), train=640, test=100)
-    return root
+@pytest.fixture
+def data_dir(smoke_data_dir) -> Path:
+    return smoke_data_dir
 
 
 def search_cmd(data_dir, tmp_path, *extra: str) -> list[str]:
@@ -49,10 +46,8 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit
     )  # fmt: skip
     driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = tmp_path / "runs" / "crash"
-    deadline = time.monotonic() + 300
-    while not list(runs.glob("*/checkpoint_000001")):  # the first trial finished its second epoch
-        assert time.monotonic() < deadline and driver.poll() is None, "no checkpoint appeared"
-        time.sleep(0.2)
+    # the first trial finished its second epoch
+    wait_for(lambda: list(runs.glob("*/checkpoint_000001")), 300, "a second checkpoint", proc=driver, interval=0.2)
     workers = [
         p for p in psutil.Process(driver.pid).children(recursive=True) if "ImplicitFunc" in " ".join(p.cmdline())
     ]
@@ -118,18 +113,8 @@ def test_two_searches_at_once_share_data_and_tracking_without_harm(data_dir, tmp
     assert sorted(p.info.run_name for p in parents) == ["twin0", "twin1"]
     for parent in parents:
         assert parent.info.status == "FINISHED"
-        kids = client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-        )
+        kids = children(client, parent.info.run_id)
         assert len(kids) == 4 and all(k.info.status != "RUNNING" for k in kids)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:
@@ -178,10 +163,7 @@ def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, 
         cmd[cmd.index("--tracking-uri") + 1] = server.uri
         driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         runs = tmp_path / "runs" / "outage"
-        deadline = time.monotonic() + 300
-        while not list(runs.glob("*/checkpoint_000000")):
-            assert time.monotonic() < deadline and driver.poll() is None, "no checkpoint appeared"
-            time.sleep(0.2)
+        wait_for(lambda: list(runs.glob("*/checkpoint_000000")), 300, "a checkpoint", proc=driver, interval=0.2)
         server.stop()  # trials go on training while the tracking server is away
         if comes_back == "mid_search":
             server.start()  # it is away while it boots (about 30 s on a loaded 2-core machine)

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import free_port
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -105,12 +105,6 @@ def stopped_trial_search(store) -> dict:
     client.set_terminated(parent)
     path = mlflow_ui.save_view(client, experiment_id, parent, "val_acc", ["lr", "dropout"])
     return {"path": path, "trials": list(trials), "stopped": "5e3a1_00001", "parent": "the-search"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

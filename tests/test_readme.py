@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers import free_port
 
 pytestmark = pytest.mark.slow  # whole searches from a fresh folder: minutes
 
@@ -122,7 +122,7 @@ def test_quick_start_offline_follows_the_missing_data_message_to_a_model_that_lo
 
     (ui_line,) = [line for line in offline if "mlflow ui" in line]
     link = printed(done.stdout, "compare")
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen(["bash", "-c", f"exec {ui_line.split('#')[0].strip()} --port {port}"], cwd=clone,
                           env=person_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)  # fmt: skip
@@ -179,9 +179,3 @@ def test_the_train_example_trains_and_saves_where_it_says(clone):
     assert re.search(r"test_acc \d\.\d+", done.stdout), done.stdout[-2000:]
     out = re.search(r"--out (\S+)", block).group(1)
     assert any((clone / out).iterdir())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -13,19 +13,21 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.tune import Result
 
+from search.record import write_best_config
 from search.report import (
     MIN_AUDIT_TRIALS,
     audit,
     format_summary,
     log_to_parent,
     pareto_front,
+    plot_curves,
+    plot_front,
     summarize,
     thin_plots,
     trial_config,
     trials_frame,
 )
-from search.space import Settings, load_space
-from search.state import write_best_config
+from search.space import METRICS_MODES, Settings, load_space, read_space
 from search.train import TrainConfig
 from search.tuner import is_control
 
@@ -324,3 +326,29 @@ def test_final_retrains_take_each_trials_own_config_without_placeholders(space):
     assert "warmup_epochs" not in sgd and sgd["momentum"] == 0.912345678 and sgd["step_size"] == 7
     for v in both:
         TrainConfig.from_dict({**space.base_config(), **{k: x for k, x in v.items() if k != "source_trial"}})
+
+
+@pytest.mark.parametrize("metric", sorted(METRICS_MODES))
+def test_every_metric_a_space_may_name_is_reported(metric):
+    """METRIC = "val_top5" trained every trial and then failed in the early-stopping audit with a KeyError: the
+    per-epoch curves held val_acc and val_loss only. Each metric a space may name, through what follows the trials
+    (the audit of 5 control trials, the fronts, PATIENCE, the summary and its plots), on its own MODE;
+    test_search.py's test_a_metric_to_minimize_runs_end_to_end runs one whole search."""
+    mode = METRICS_MODES[metric]
+    sets = {"METRIC": metric, "MODE": mode, "NUM_SAMPLES": 5, "AUDIT_FRACTION": 1.0, "PATIENCE": 2}
+    space = read_space(SPACE.with_name("vgg_fashion_mnist.py"), sets, smoke=True)  # its settings checked
+    base = {k: v for k, v in space.base_config().items() if k != "data_dir"}
+    curves = [[0.30, 0.50], [0.45, 0.40], [0.20, 0.60], [0.35, 0.55], [0.10, 0.20]]  # epoch 1 ranks them poorly
+    results = [tune_result(f"t{i}", {**base, "lr": 0.01 * (i + 1)}, accs) for i, accs in enumerate(curves)]
+    frame = trials_frame(results, space)
+    pool = frame[frame.outcome == "completed"]
+    best = pool.sort_values(metric, ascending=mode == "min").iloc[0]
+    assert best.trial_id == "t2"  # the best final accuracy is the lowest final loss too
+    test = {"test_acc": 0.5, "test_top5": 0.8, "test_loss": 1.2}
+    summary = summarize(space, frame, pool, best, test, time.time(), "runs:/x/model", None)
+    assert summary[f"best_{metric}"] == pytest.approx(0.6 if mode == "max" else 0.4)
+    assert summary["audit"]["trials"] == 5 and list(summary["audit"]["rungs"]) == [1]
+    assert summary["audit"]["rungs"][1] is not None and "consider GRACE_PERIOD" in summary["audit"]["warning"]
+    assert f"{metric} {summary[f'best_{metric}']:.4f}" in format_summary(summary)
+    assert len(plot_curves(frame, metric).axes[0].lines) == 5  # one curve per trial
+    assert plot_front(frame, metric, mode, pool).axes[0].get_ylabel() == metric

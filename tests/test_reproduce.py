@@ -3,6 +3,7 @@ search proposes, and that search proposes the same configs in the same order aga
 
 from __future__ import annotations
 
+import shutil
 import zlib
 from pathlib import Path
 
@@ -89,20 +90,15 @@ def test_from_run_of_a_run_that_is_no_trial_is_one_line(sqlite_uri, cli_exit, wh
     assert len(client.search_runs([experiment_id])) == before  # no run of its own left behind
 
 
-@pytest.mark.slow  # a whole search
+@pytest.mark.slow  # a whole search (the session's smoke search of spaces/vgg_cifar100.py)
 def test_from_run_trains_a_trial_again_with_the_same_curve_into_a_run_that_points_back(
-    local_ray, tmp_path, monkeypatch, cli_exit
+    finished_smoke_search, tmp_path, monkeypatch, cli_exit
 ):
     """`python -m search.train --from-run RUN_ID`, as the README writes it, with the store from the environment."""
-    from search.fake_data import write_fake
-    from search.run import search
-
     monkeypatch.chdir(tmp_path)
-    data = tmp_path / "data"
-    write_fake("cifar100", str(data), train=640, test=100)  # --smoke trains 512 images, 10% held out
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = search(str(SPACES[0].with_name("vgg_cifar100.py")), smoke=True, name="s", data_dir=str(data),
-                    storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True)  # fmt: skip
+    done = finished_smoke_search("vgg_cifar100")
+    shutil.copy(done.store / "mlflow.db", tmp_path / "mlflow.db")  # the new run goes into a copy of its store
+    result, uri = done.result, f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     parent = client.get_run(result.parent_run_id)
     trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import children, wait_for
 from mlflow.tracking import MlflowClient
 
 from search import report
 from search.errors import UsageError
-from search.fake_data import write_fake
 from search.run import search
 from search.searcher import load_study
 from search.space import METRICS_MODES, load_space
@@ -26,16 +26,11 @@ pytestmark = pytest.mark.slow  # whole searches and clusters: minutes; `make tes
 
 ROOT = Path(__file__).parents[1]
 SPACES = sorted(ROOT.joinpath("spaces").glob("*.py"))
-# --smoke trains 512 images; the split holds back 10% for validation, so the fakes need a few more.
-FAKE_TRAIN, FAKE_TEST = 640, 100
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("search_data")
-    for name in ("cifar100", "cifar10", "fashion_mnist"):
-        write_fake(name, str(root), train=FAKE_TRAIN, test=FAKE_TEST)
-    return root
+@pytest.fixture
+def data_dir(smoke_data_dir) -> Path:
+    return smoke_data_dir
 
 
 @pytest.fixture(autouse=True)
@@ -46,13 +41,6 @@ def in_tmp(tmp_path, monkeypatch):
 @pytest.fixture(autouse=True)
 def on_local_ray(local_ray):
     """The session's private Ray: every search here joins it, as a notebook's second search does."""
-
-
-def children(client: MlflowClient, parent_run_id: str) -> list:
-    parent = client.get_run(parent_run_id)
-    return client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
-    )
 
 
 def check_tracking(client: MlflowClient, result, num_samples: int) -> list:
@@ -80,16 +68,14 @@ def check_tracking(client: MlflowClient, result, num_samples: int) -> list:
 
 
 @pytest.mark.parametrize("space", SPACES, ids=lambda p: p.stem)
-def test_smoke_search_of_every_space(space, data_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    ctrl_c = signal.getsignal(signal.SIGINT)
-    result = search(
-        str(space), smoke=True, data_dir=str(data_dir), storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True
-    )
+def test_smoke_search_of_every_space(space, finished_smoke_search):
+    """Each space's smoke search, run once per session (conftest.py) and shared with the tests that read one."""
+    done = finished_smoke_search(space.stem)
+    result = done.result
     assert 0 <= result.test["test_acc"] <= 1 and result.best_config
-    check_tracking(MlflowClient(uri), result, num_samples=4)
+    check_tracking(MlflowClient(done.uri), result, num_samples=4)
     assert Path(result.summary["best_checkpoint"], "checkpoint.pt").exists()
-    assert signal.getsignal(signal.SIGINT) is ctrl_c  # not Tune's, which swallowed a Ctrl-C in the next cell
+    assert done.kept_ctrl_c  # not Tune's handler, which swallowed a Ctrl-C in the next cell
     front = result.summary["front"]["macs"]
     assert front and all(row["macs"] > 0 and row["images_per_second"] > 0 for row in front)
     assert "against MACs per image" in report.format_summary(result.summary)
@@ -182,14 +168,6 @@ def test_diverged_and_crashed_trials_are_recorded_and_the_search_goes_on(data_di
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.FAIL) == 1
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 def checkpoints(runs: Path) -> list:
     return list(runs.glob("*/*/checkpoint_*"))
 
@@ -203,15 +181,11 @@ def all_trials_ended(uri: str) -> bool:
     return len(runs) == 4 and all(r.info.status != "RUNNING" for r in runs)
 
 
-@pytest.mark.parametrize(
-    "moment",
-    [
-        "before_first_report",  # Tune state exists, no trial has reported
-        "mid_search",  # trials have checkpoints, others pending
-        "final_evaluation",  # every trial ended; the winner is being tested and logged
-    ],
-)
-def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(moment, data_dir, tmp_path):
+def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(data_dir, tmp_path):
+    """Killed at each moment in turn, each time as a crash would (SIGKILL to the driver and the local Ray it
+    started), and resumed: before any trial reported, mid-search, at the final evaluation. Each --resume must go on
+    to the next moment (CI once saw the first refused: `unreadable search state`), and the last must finish the
+    search with every trial's every epoch logged once. One search killed three times, not three searches."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     runs = tmp_path / "runs"
     cmd = [
@@ -219,17 +193,19 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(moment, data
         "--name", "killed", "--storage", str(runs), "--tracking-uri", uri, "--data-dir", str(data_dir),
         "--set", "MAX_EPOCHS=3", "--set", "MAX_CONCURRENT=1",
     ]  # fmt: skip
-    driver = subprocess.Popen(
-        cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    if moment == "before_first_report":
-        wait_for(lambda: (runs / "killed" / "search.json").exists(), 120, "the search to start")
-    elif moment == "mid_search":
-        wait_for(lambda: len(checkpoints(runs)) >= 2, 300, "two checkpoints")
-    else:
-        wait_for(lambda: all_trials_ended(uri), 600, "every trial to end")
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a crash would
-    driver.wait()
+    moments = [
+        ("before_first_report", lambda: (runs / "killed" / "search.json").exists(), 120),  # Tune state, no report
+        ("mid_search", lambda: len(checkpoints(runs)) >= 2, 300),  # trials have checkpoints, others pending
+        ("final_evaluation", lambda: all_trials_ended(uri), 600),  # the winner is being tested and logged
+    ]
+    for i, (moment, reached, timeout) in enumerate(moments):
+        log = tmp_path / f"{moment}.log"
+        with open(log, "wb") as err:
+            driver = subprocess.Popen([*cmd, "--resume"] if i else cmd, cwd=tmp_path, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+        wait_for(reached, timeout, f"{moment} (run {i + 1})", log, proc=driver)
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
 
     resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -311,7 +287,7 @@ def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_di
     driver = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
     reported = lambda: [p for p in runs.glob("ctrl_c/*/result.json") if p.stat().st_size]  # noqa: E731
-    wait_for(lambda: len(reported()) == 2, 300, "both trials to report an epoch")
+    wait_for(lambda: len(reported()) == 2, 300, "both trials to report an epoch", proc=driver)
     os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal: the driver and the local Ray it started
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 130 and "interrupted: resume with" in err, err[-3000:]
@@ -362,10 +338,14 @@ def test_patience_ends_a_search_that_stopped_improving(data_dir, tmp_path):
     assert "converged after 3 trials: the last 2 did not beat the best val_acc" in report.format_summary(result.summary)
 
 
-def test_a_warm_started_search_begins_with_the_earlier_trials_that_fit(data_dir, tmp_path, capsys):
-    uri, runs = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "runs")
+def test_a_warm_started_search_begins_with_the_earlier_trials_that_fit(finished_smoke_search, data_dir, tmp_path,
+                                                                       capsys):  # fmt: skip
+    uri, runs = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "runs"
     space = str(ROOT / "spaces/vgg_fashion_mnist.py")
-    first = search(space, smoke=True, name="first", data_dir=str(data_dir), storage=runs, tracking_uri=uri, quiet=True)
+    first = finished_smoke_search("vgg_fashion_mnist").result  # read only: linked in as the search `first`
+    runs.mkdir()
+    (runs / "first").symlink_to(first.experiment_path, target_is_directory=True)
+    runs = str(runs)
     earlier = load_study(first.experiment_path).trials
     fit = [t for t in earlier if t.state.name in ("COMPLETE", "PRUNED") and t.params["stride1"] == 2]
 
@@ -406,9 +386,11 @@ def test_resume_with_more_samples_extends_a_finished_search(data_dir, tmp_path):
     assert client.get_run(more.parent_run_id).info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("metric", sorted(METRICS_MODES))
-def test_every_metric_a_space_may_name_runs_end_to_end(metric, data_dir, tmp_path):
-    # METRIC = "val_top5" trained every trial and then failed in the early-stopping audit (KeyError).
+def test_a_metric_to_minimize_runs_end_to_end(data_dir, tmp_path):
+    """A search ranked on a loss (MODE = "min") from ASHA and TPE to the winner and its parent run. Every metric
+    of METRICS_MODES through the report's code (where METRIC = "val_top5" failed in the early-stopping audit with a
+    KeyError, after every trial had trained): test_report.py's test_every_metric_a_space_may_name_is_reported."""
+    metric = "val_loss"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     sets = {"METRIC": metric, "MODE": METRICS_MODES[metric], "NUM_SAMPLES": 2}  # the space file says MODE = "max"
     result = search(
@@ -419,20 +401,14 @@ def test_every_metric_a_space_may_name_runs_end_to_end(metric, data_dir, tmp_pat
     assert parent.info.status == "FINISHED" and f"best_{metric}" in parent.data.metrics
 
 
-def test_artifacts_live_beside_a_sqlite_store_not_in_the_working_folder(data_dir, tmp_path, monkeypatch):
-    # A Ray Job runs in a temporary folder: MLflow's default ./mlruns there lost the artifacts.
-    work, store = tmp_path / "elsewhere", tmp_path / "shared"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    uri = f"sqlite:///{store}/mlflow.db"
-    result = search(
-        str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets={"NUM_SAMPLES": 2}, data_dir=str(data_dir),
-        storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True,
-    )  # fmt: skip
-    assert list(work.iterdir()) == []  # nothing scattered into the current folder
-    artifact_uri = MlflowClient(uri).get_run(result.parent_run_id).info.artifact_uri
-    assert artifact_uri.startswith((store / "mlartifacts").as_uri()), artifact_uri
-    assert (store / "mlartifacts").rglob("summary.json")
+def test_artifacts_live_beside_a_sqlite_store_not_in_the_working_folder(finished_smoke_search):
+    # A Ray Job runs in a temporary folder: MLflow's default ./mlruns there lost the artifacts. The shared smoke
+    # search ran in an empty working folder of its own, with its store in another.
+    done = finished_smoke_search("vgg_fashion_mnist")
+    assert list(done.work.iterdir()) == []  # nothing scattered into the current folder
+    artifact_uri = MlflowClient(done.uri).get_run(done.result.parent_run_id).info.artifact_uri
+    assert artifact_uri.startswith((done.store / "mlartifacts").as_uri()), artifact_uri
+    assert list((done.store / "mlartifacts").rglob("summary.json"))
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -442,16 +418,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
     )  # fmt: skip
 
 
-def test_without_address_a_private_ray_starts_whatever_the_machine_points_at(data_dir, tmp_path):
-    # A machine that ran Ray before points at a cluster that is gone: joining it hung for minutes.
-    dead = {"RAY_ADDRESS": "127.0.0.1:9"}
-    out = run_cli(
-        str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--set", "NUM_SAMPLES=1", "--quiet",
-        "--data-dir", str(data_dir), "--storage", str(tmp_path / "runs"),
-        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", env=dead, timeout=400,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "best trial" in out.stdout
+# A search without --address on a machine whose RAY_ADDRESS points at a cluster that is gone: test_user_path.py.
 
 
 def test_a_dead_cluster_address_fails_in_bounded_time_with_nothing_left_behind(data_dir, tmp_path):

@@ -67,7 +67,7 @@ def test_a_command_line_mistake_is_found_before_torch_ray_and_mlflow_load(tmp_pa
         ([str(files["badtype"])], 2, "MAX_EPOCHS must be int"),
         ([good, "--set", "MAX_EPOCHS=0"], 2, "MAX_EPOCHS=0: must be at least 1"),
         ([good, "--set", "EPOCHS=3"], 2, "--set EPOCHS: unknown setting"),
-        ([good, "--storage", "s3://bucket/runs"], 2, "remote --storage"),
+        ([good, "--storage", "foo://bucket/runs"], 2, "foo://bucket/runs: storage pyarrow cannot open"),
         ([good, "--storage", str(files["good"])], 2, "cannot write there"),
         ([good, "--final-top-k", "2", "--final-front"], 2, "retrain one or the other"),
         (["--help"], 0, ""),

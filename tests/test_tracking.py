@@ -22,7 +22,8 @@ from search import mlflow_ui
 from search.data import load_splits
 from search.errors import UsageError
 from search.fake_data import write_fake
-from search.state import SearchState, write_state
+from search.record import has_snapshot, write_state
+from search.state import SearchState
 from search.tracking import (
     EPOCHS_PER_REQUEST,
     METRICS,
@@ -36,7 +37,6 @@ from search.tracking import (
     sync,
 )
 from search.tracking import main as tracking_main
-from search.tuner import has_snapshot
 
 EPOCHS = 3
 

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow  # a whole search as a real process: minutes
 
 ROOT = Path(__file__).resolve().parents[1]
 REMOTE_TOKEN = "f" * 64  # a remote cluster's, in ~/.ray/auth_token
+GONE = "127.0.0.1:9"  # the address of that cluster, long gone, still exported as RAY_ADDRESS
 
 
 def user_env(**extra: str) -> dict[str, str]:
@@ -36,14 +37,15 @@ def python(*args: str, cwd: Path, env: dict, timeout: float = 900) -> subprocess
 
 @pytest.fixture(scope="module")
 def user_search(tmp_path_factory):
-    """One smoke search of spaces/vgg_cifar10.py started in a fresh folder with every default; Ray's session
+    """One smoke search of spaces/vgg_cifar10.py started in a fresh folder with every default, on a machine that
+    once joined a token-auth cluster (its token in ~/.ray/auth_token, its address in RAY_ADDRESS); Ray's session
     folder (and with it each trial's working folder) in a temporary folder of its own."""
     folder = tmp_path_factory.mktemp("user")
     ray_tmp = Path(tempfile.mkdtemp(prefix="rayu", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     home = tmp_path_factory.mktemp("home")  # a machine that once joined a token-auth cluster
     (home / ".ray").mkdir()
     (home / ".ray" / "auth_token").write_text(REMOTE_TOKEN)
-    env = user_env(RAY_TMPDIR=str(ray_tmp), HOME=str(home))
+    env = user_env(RAY_TMPDIR=str(ray_tmp), HOME=str(home), RAY_ADDRESS=GONE)
     try:
         fake = python("-m", "search.fake_data", "--dataset", "cifar10", "--out", "data", "--train", "600",
                       "--test", "100", cwd=folder, env=env)  # fmt: skip
@@ -70,6 +72,13 @@ def test_a_private_ray_leaves_a_remote_clusters_token_alone(user_search):
     assert "Token authentication" not in result.stderr and "auth_token" not in result.stderr, result.stderr[-3000:]
     assert (home / ".ray" / "auth_token").read_text() == REMOTE_TOKEN
     assert [p.name for p in (home / ".ray").iterdir()] == ["auth_token"]
+
+
+def test_without_address_a_private_ray_starts_whatever_the_machine_points_at(user_search):
+    """A machine that ran Ray before points at a cluster that is gone: joining it hung for minutes."""
+    _, result, _, _ = user_search
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert "best trial" in result.stdout and GONE not in result.stderr, result.stderr[-3000:]
 
 
 def summary_line(stdout: str, label: str) -> str:
