@@ -26,6 +26,7 @@ from search.errors import SearchFailed, UsageError, one_line
 from search.final import retrain
 from search.progress import SearchReporter, cost_line
 from search.record import (
+    SearchState,
     check_storage,
     claim,
     latest,
@@ -38,7 +39,7 @@ from search.record import (
 )
 from search.searcher import load_study, make_sampler, sampler_settings, warm_trials
 from search.space import Space, load_space
-from search.state import SearchJob, SearchState
+from search.state import SearchJob
 from search.tracking import (
     LiveTracking,
     Ranking,

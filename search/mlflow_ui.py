@@ -15,13 +15,16 @@ import functools
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 from mlflow.entities import Dataset, DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
-from search.data import DEFAULT_DATA_DIR, Splits
+if TYPE_CHECKING:
+    from search.data import Splits
+
 
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's "model training" kind
 
@@ -48,6 +51,8 @@ def dataset(splits: Splits, data_dir: str) -> Dataset:
         "train": len(splits.train_y), "val": len(splits.val_y), "test": len(splits.test_y),
         "classes": splits.info.num_classes, "image": list(splits.train_x.shape[1:]),
     }  # fmt: skip
+    from search.data import DEFAULT_DATA_DIR  # here only: sync, which logs no dataset, needs no torch
+
     source = json.dumps({"uri": os.path.abspath(data_dir or DEFAULT_DATA_DIR)})
     return Dataset(splits.info.name, digest.hexdigest()[:8], "local", source, profile=json.dumps(profile))
 

@@ -12,29 +12,8 @@ import time
 from ray import tune
 from ray.tune.experiment import Trial
 
-from search.searcher import outcome_of
+from search.schedule import expected_epochs, outcome_of
 from search.space import Settings
-
-
-def rung_epochs(settings: Settings) -> list[int]:
-    """The epochs at which ASHA compares trials."""
-    epochs, rung = [], settings.GRACE_PERIOD
-    while rung < settings.MAX_EPOCHS:
-        epochs.append(rung)
-        rung *= settings.REDUCTION_FACTOR
-    return epochs
-
-
-def expected_epochs(settings: Settings) -> float:
-    """Epochs a trial runs on average under ASHA: all to the first rung, 1/REDUCTION_FACTOR past each next one.
-
-    The audit's controls (AUDIT_FRACTION of the trials) always run in full.
-    """
-    s, epochs, done = settings, 0.0, 0
-    for k, rung in enumerate([*rung_epochs(s), s.MAX_EPOCHS]):
-        epochs += (rung - done) / s.REDUCTION_FACTOR**k
-        done = rung
-    return s.AUDIT_FRACTION * s.MAX_EPOCHS + (1 - s.AUDIT_FRACTION) * epochs
 
 
 def cost_line(settings: Settings, concurrency: int) -> str:

@@ -19,7 +19,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,7 +28,6 @@ import pyarrow
 import pyarrow.fs
 
 from search.errors import UsageError, one_line
-from search.state import SearchState
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -185,6 +184,27 @@ def check_storage(storage: str) -> None:
 # search.json
 
 
+@dataclass
+class SearchState:
+    """The contents of search.json: which space file (and its fingerprint), the overrides, and where the search's
+    MLflow records are, so that --resume and `python -m search.tracking sync` find them."""
+
+    space_path: str
+    space_sha: str
+    overrides: dict
+    smoke: bool = False
+    data_dir: str = ""
+    experiment: str = ""
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    max_epochs: int = 0
+    metric: str = "val_acc"  # METRIC and MODE, by which each trial's run keeps its best epoch
+    mode: str = "max"
+    warm_start: str = ""  # the earlier search TPE started from
+    claim_id: str = ""  # tags the parent run, so that a search killed before it recorded parent_run_id finds it
+
+
 def state_path(storage: str, name: str) -> str:
     return join(storage, name, STATE_FILE)
 
@@ -212,8 +232,8 @@ def write_state(folder: str | os.PathLike, state: SearchState) -> None:
 
 @contextmanager
 def claim(storage: str, name: str, state: SearchState) -> Iterator[str]:
-    """Claims the folder `storage/name` for a new search: its search.json, created exclusively and whole (`state`, its parent
-    run still to come), and the block that creates the parent and writes its id with `write_state`.
+    """Claims the folder `storage/name` for a new search: its search.json, created exclusively and whole (`state`,
+    its parent run still to come), and the block that creates the parent and writes its id with `write_state`.
 
     Two searches started with one --name both find no search.json; on a file system only one can create it: the
     file is written aside and hard-linked into place, which is atomic and fails when the name exists (on NFS too).

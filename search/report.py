@@ -13,10 +13,8 @@ from matplotlib.figure import Figure  # not pyplot: drawing a file must not touc
 from optuna.trial import TrialState
 
 from search import record
-from search.progress import rung_epochs
-from search.searcher import outcome_of
+from search.schedule import converged_after, is_control, outcome_of, rung_epochs
 from search.space import COST_MODES, METRICS_MODES
-from search.tuner import converged_after, is_control
 
 MIN_AUDIT_TRIALS = 4  # rank correlations of fewer trials say nothing
 # Past this fraction of control trials, early stopping saves little: a search too small for MIN_AUDIT_TRIALS

@@ -18,22 +18,12 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search import record
+from search.schedule import outcome_of
 from search.space import Space, distributions, load_space
 from search.train import TrainConfig
 
 STUDY_NAME = "search"
 MAX_REFUSED = 500  # over-budget proposals in a row before a search gives up on MAX_MACS
-
-
-def outcome_of(result: dict | None, max_epochs: int, error: bool = False) -> str:
-    """completed, stopped_early (ASHA or the time budget), diverged or errored."""
-    if error:
-        return "errored"
-    if not result:
-        return "stopped_early"
-    if result.get("outcome") == "diverged":
-        return "diverged"
-    return "completed" if result.get("epoch", 0) >= max_epochs else "stopped_early"
 
 
 class OptunaASHA(OptunaSearch):

@@ -1,8 +1,6 @@
-"""What identifies a search: the values that travel together through it, and its state file.
+"""What identifies a search: the values that travel together through it, from preparing it to its summary.
 
-`search.json` (`SearchState`) sits beside Tune's own state in the search's folder (see `search.record`): which
-space file (and its fingerprint), the overrides, and where its MLflow records are, so --resume and
-`python -m search.tracking sync` find them.
+What it keeps on storage, search.json (`search.record.SearchState`) beside Tune's own record, is `search.record`'s.
 """
 
 from __future__ import annotations
@@ -15,26 +13,6 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from search.space import Space
-
-
-@dataclass
-class SearchState:
-    """The contents of search.json."""
-
-    space_path: str
-    space_sha: str
-    overrides: dict
-    smoke: bool = False
-    data_dir: str = ""
-    experiment: str = ""
-    experiment_id: str = ""
-    parent_run_id: str = ""
-    tracking_uri: str = ""
-    max_epochs: int = 0
-    metric: str = "val_acc"  # METRIC and MODE, by which each trial's run keeps its best epoch
-    mode: str = "max"
-    warm_start: str = ""  # the earlier search TPE started from
-    claim_id: str = ""  # tags the parent run, so that a search killed before it recorded parent_run_id finds it
 
 
 @dataclass

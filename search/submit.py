@@ -51,6 +51,9 @@ EXCLUDES = [
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS",
     "SEARCH_DATA_DIR",
+    # --storage s3://...: the credentials and endpoint pyarrow (and so Tune) reads, for nodes without a role of
+    # their own
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
 )  # fmt: skip
 
 # A submit-time probe of the tracking server answers in seconds; MLflow's own retries take minutes to give up.

@@ -33,7 +33,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import mlflow
-import torch
 from filelock import FileLock
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
@@ -44,7 +43,7 @@ from ray.tune.experiment import Trial
 
 from search import cli, mlflow_ui, record
 from search.errors import UsageError, one_line
-from search.searcher import outcome_of
+from search.schedule import outcome_of
 
 log = logging.getLogger(__name__)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
@@ -153,6 +152,8 @@ def versions() -> dict[str, str]:
     out = {"version.python": platform.python_version()}
     out.update({f"version.{name}": metadata.version(name) for name in ("torch", "torchvision", "ray", "optuna",
                                                                       "mlflow")})  # fmt: skip
+    import torch  # here only: sync and the live logging need no torch
+
     if torch.cuda.is_available():
         out.update({"version.cuda": str(torch.version.cuda), "version.cudnn": str(torch.backends.cudnn.version())})
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from torch import nn
 
 from models import build_model
 from models.cost import count
-from search import cli
+from search import cli, record
 from search.batches import Batches
 from search.data import DATASETS, Splits, load_splits, note_if_fake
 from search.errors import CheckpointError, ConfigError, UsageError, one_line
@@ -698,7 +699,10 @@ def main(argv: list[str] | None = None) -> int:
     values: dict = dict(rerun.config) if rerun else {}
     if args.config:
         try:
-            values = json.loads(Path(args.config).read_text())
+            data = record.read_bytes(args.config)  # a path, or the s3:// URI a search's summary printed
+            if data is None:
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", args.config)
+            values = json.loads(data.decode())
         except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise UsageError(f"--config {args.config}: {one_line(exc)}") from None
         if not isinstance(values, dict):  # best_config.json or a trial's params.json: one object of config keys

@@ -6,9 +6,7 @@ compares their early and final rankings without the range restriction of looking
 
 from __future__ import annotations
 
-import math
 import posixpath
-import random
 import signal
 import threading
 from collections.abc import Callable
@@ -21,13 +19,9 @@ from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
 
 from search import record
+from search.schedule import converged_after, is_control
 from search.searcher import make_searcher
 from search.space import Space
-
-
-def is_control(seed: int, trial_id: str, fraction: float) -> bool:
-    """Whether a trial is one of the audit's controls: a seeded coin flip per trial id, the same everywhere."""
-    return fraction > 0 and random.Random(f"{seed}:{trial_id}").random() < fraction
 
 
 class AuditedASHA(ASHAScheduler):
@@ -42,21 +36,6 @@ class AuditedASHA(ASHAScheduler):
         if decision == TrialScheduler.STOP and is_control(self.seed, trial.trial_id, self.audit_fraction):
             return TrialScheduler.CONTINUE
         return decision
-
-
-def converged_after(values: list[float | None], mode: str, patience: int, min_delta: float) -> int | None:
-    """How many trials (in the order they ended) it took for `patience` in a row not to beat the best by more
-    than `min_delta`; None if that never happened. A trial without the metric (crashed first) does not beat it."""
-    best, since = None, 0
-    for i, value in enumerate(values, 1):
-        gain = None if value is None or best is None else (value - best if mode == "max" else best - value)
-        if value is not None and math.isfinite(value) and (best is None or gain > min_delta):
-            best, since = value, 0
-        else:
-            since += 1
-        if patience and since >= patience:
-            return i
-    return None
 
 
 class Converged(tune.Stopper, tune.Callback):

@@ -28,10 +28,9 @@ from search.data import main as data_main
 from search.errors import ConfigError, UsageError
 from search.fake_data import main as fake_data_main
 from search.fake_data import write_fake
-from search.record import claim, read_state, write_state
+from search.record import SearchState, claim, read_state, write_state
 from search.run import main as run_main
 from search.run import search
-from search.state import SearchState
 from search.submit import main as submit_main
 from search.train import TrainConfig, save_checkpoint, train
 from search.train import main as train_main
@@ -207,7 +206,7 @@ def test_a_claim_killed_before_it_records_its_parent_leaves_whole_state(tmp_path
     """The claim's search.json is whole from the first moment: a driver killed before recording its parent run left
     it empty, and --resume refused it as unreadable (seen in CI)."""
     code = (
-        "import os, signal, sys; from search.record import claim; from search.state import SearchState\n"
+        "import os, signal, sys; from search.record import SearchState, claim\n"
         "with claim(sys.argv[1], 'x', SearchState('space.py', 'sha', {'A': 1}, claim_id='c')):\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )

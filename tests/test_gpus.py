@@ -106,14 +106,14 @@ def test_quarter_gpus_run_eight_trials_at_once_each_on_the_gpu_ray_gave_it(data_
 def test_a_trial_given_a_gpu_that_torch_cannot_see_fails_with_one_line(data_dir, tmp_path):
     """Before: with device 'auto' it trained on the CPU, 50-100x slower than on the GPU it held, without a word."""
     run = search_with_gpus(
-        2, 1, ["--gpus-per-trial", "0.5", "--num-samples", "2", "--set", "MAX_FAILURES=0"], data_dir, tmp_path
-    )  # two trials, both at once, no retries: each trial is a worker importing torch to fail
+        2, 1, ["--gpus-per-trial", "0.5", "--set", "MAX_FAILURES=0"], data_dir, tmp_path
+    )  # no retries: a minute less
     errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
     assert run.returncode == 1 and len(errors) == 1, run.stdout[-3000:] + run.stderr[-3000:]  # SearchFailed: 1
     line = errors[0]
-    assert line.startswith("error: no trial finished (2 errored)"), line
+    assert line.startswith("error: no trial finished (4 errored)"), line
     assert f"torch {torch.__version__} (CUDA {torch.version.cuda})" in line and "sees no CUDA device" in line, line
     assert "GPUS_PER_TRIAL = 0" in line and "device=cpu" in line, line
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert len(runs) == 3 and {r.info.status for r in runs} == {"FAILED"}  # the parent and 2 trials, none RUNNING
+    assert len(runs) == 5 and {r.info.status for r in runs} == {"FAILED"}  # the parent and 4 trials, none RUNNING

@@ -9,7 +9,8 @@ from ray import tune
 from ray.tune.experiment import Trial
 from tune_fakes import one_or_two_epochs, one_result
 
-from search.progress import SearchReporter, cost_line, expected_epochs, rung_epochs
+from search.progress import SearchReporter, cost_line
+from search.schedule import expected_epochs, rung_epochs
 from search.space import Settings
 
 

@@ -27,9 +27,9 @@ from search.report import (
     trial_config,
     trials_frame,
 )
+from search.schedule import is_control
 from search.space import METRICS_MODES, Settings, load_space, read_space
 from search.train import TrainConfig
-from search.tuner import is_control
 
 
 def frame() -> pd.DataFrame:

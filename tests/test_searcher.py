@@ -5,7 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search.searcher import OptunaASHA, make_searcher, outcome_of, warm_trials
+from search.schedule import outcome_of
+from search.searcher import OptunaASHA, make_searcher, warm_trials
 from search.space import load_space
 from search.train import TrainConfig
 

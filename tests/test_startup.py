@@ -88,3 +88,11 @@ def test_a_mistake_in_a_shipped_space_file_is_found_before_torch_and_mlflow_load
     assert "MAX_EPOCHS=0: must be at least 1" in found["said"][0][1][0]
     assert "GRACE_PERIOD=30: must not exceed MAX_EPOCHS" in found["said"][1][1][0]
     assert found["loaded"] == ["ray"], found["loaded"]
+
+
+def test_sync_imports_neither_torch_torchvision_nor_optuna():
+    """`python -m search.tracking sync` reads a search's record and writes MLflow runs: it needs none of them (it
+    imported torch for the versions a new search records, and torchvision for the dataset's default folder)."""
+    code = "import sys, search.tracking; print([m for m in ('torch', 'torchvision', 'optuna') if m in sys.modules])"
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert got.stdout.strip() == "[]", got.stdout + got.stderr

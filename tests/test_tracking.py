@@ -22,8 +22,7 @@ from search import mlflow_ui
 from search.data import load_splits
 from search.errors import UsageError
 from search.fake_data import write_fake
-from search.record import has_snapshot, write_state
-from search.state import SearchState
+from search.record import SearchState, has_snapshot, write_state
 from search.tracking import (
     EPOCHS_PER_REQUEST,
     METRICS,

@@ -10,7 +10,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from tune_fakes import one_result
 
-from search.tuner import AuditedASHA, converged_after, fit, is_control
+from search.schedule import converged_after, is_control
+from search.tuner import AuditedASHA, fit
 
 
 def test_control_trials_run_on_where_asha_stops_the_rest_as_asha_would():
