@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench.common import emit, out_dir
 
-BENCHMARKS = ("throughput", "overhead", "efficiency", "knobs", "feedback", "memory", "gpu", "startup")
+BENCHMARKS = ("throughput", "overhead", "efficiency", "knobs", "narrow", "feedback", "memory", "gpu", "startup")
 
 
 def machine() -> str:

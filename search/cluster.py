@@ -5,6 +5,7 @@ fit at once, and whether every node sees the search's storage.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -44,7 +45,7 @@ def connect(address: str, quiet: bool = False) -> None:
             os.environ["RAY_AUTH_MODE"] = "token"  # for this process: the connection lives as long as it does
         _reload_auth()
         _probe(address)
-        ray.init(address=address, log_to_driver=not quiet, include_dashboard=False)
+        ray.init(address=address, log_to_driver=not quiet, include_dashboard=False, logging_level=_level(quiet))
         return
     # The local Ray started here passes its environment on to its workers. Tune runs each trial in a new thread,
     # and glibc gives new threads new malloc arenas that keep what they freed: a worker would grow by tens of MB
@@ -53,7 +54,12 @@ def connect(address: str, quiet: bool = False) -> None:
     private = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_AUTH_TOKEN_PATH": None}
     with scoped_env(private):
         _reload_auth()
-        ray.init(address="local", log_to_driver=not quiet, include_dashboard=False)
+        ray.init(address="local", log_to_driver=not quiet, include_dashboard=False, logging_level=_level(quiet))
+
+
+def _level(quiet: bool) -> int:
+    """Ray's own log level: --quiet keeps its "Started a local Ray instance" line out of a one-line error too."""
+    return logging.WARNING if quiet else logging.INFO
 
 
 def _reload_auth() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 from ray import tune
 
-from search import __version__, cluster, mlflow_ui, record, registry, report
+from search import __version__, cluster, mlflow_ui, narrow, record, registry, report
 from search.data import DEFAULT_DATA_DIR, note_if_fake
 from search.errors import SearchFailed, UsageError, one_line
 from search.final import retrain
@@ -46,6 +46,7 @@ from search.tracking import (
     discard_parents,
     end_parent,
     ensure_experiment,
+    fluent_store,
     open_store,
     start_parent,
     sync,
@@ -176,13 +177,13 @@ def prepare(
     # fail here, before any trial.
     splits = load_data(TrainConfig.from_dict(space.base_config(data_dir)))
     client = open_store(tracking_uri or (saved.tracking_uri if saved else ""))
-    mlflow.set_tracking_uri(client.tracking_uri)  # the winner's model is logged through MLflow's fluent API
     experiment_id = ensure_experiment(client, saved.experiment if saved else space.name)
 
     _stop_on_sigterm()  # also while connecting: Ray may take a while to start or answer
     cluster.connect(address, quiet)
     _stop_on_sigterm()  # after ray.init: its own handler exits at once
     cluster.check_shared_storage(storage)
+    cluster.concurrency(space.settings)  # a trial larger than the cluster: refused before the search exists
     if saved and saved.parent_run_id:
         parent_run_id = saved.parent_run_id
         job = SearchJob(space, name, storage, data_dir, client, experiment_id, parent_run_id)
@@ -262,7 +263,8 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
     splits = load_data(config)
     test = evaluate_test(model, config, splits)
 
-    with mlflow.start_run(run_id=job.parent_run_id, log_system_metrics=False):
+    # the winner's model is logged through MLflow's fluent API
+    with fluent_store(job.client.tracking_uri), mlflow.start_run(run_id=job.parent_run_id, log_system_metrics=False):
         mlflow.log_metrics({f"best_{s.METRIC}": float(best_row[s.METRIC]), **test})
         # tags, not params: a --resume that extends the search may find a new winner, and params cannot change
         mlflow.set_tags({f"best.{k}": v for k, v in config.flat().items() if k != "data_dir"})
@@ -282,6 +284,7 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
     if s.REGISTER:  # a new version of the registered model; champion only if it beats the current one
         summary["registered"] = registry.register_winner(job, logged.model_id, best_row.trial_id, test, splits)
     summary["best_config_file"] = str(write_best_config(job.path, report.trial_config(frame, best_row.trial_id)))
+    summary["narrowed"] = narrow.write_narrowed(job.path, job.name, job.space, study, summary)
     view = mlflow_ui.save_view(
         job.client, job.experiment_id, job.parent_run_id, s.METRIC, frame.attrs["params"], s.MODE
     )

@@ -8,6 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
+import optuna
 import pandas as pd
 from matplotlib.figure import Figure  # not pyplot: drawing a file must not touch a notebook's backend or figures
 from optuna.trial import TrialState
@@ -23,6 +24,9 @@ MAX_ADVISED_AUDIT_FRACTION = 0.5
 # Parallel coordinates of fewer completed trials are a few lines, not a pattern; importances need more completed
 # trials than parameters too (`thin_plots`): fANOVA's forest on fewer gave every parameter exactly 1/8.
 MIN_PLOT_TRIALS = 5
+# PED-ANOVA's importance is that of reaching the top quantile of the completed trials: 10% (Optuna's default), but
+# never fewer than this many trials, or one lucky trial decides every parameter's share.
+MIN_TOP_TRIALS = 3
 COST = tuple(COST_MODES)  # what a trial costs, from its last result
 OUTCOME_COLORS = {"completed": "tab:green", "stopped_early": "tab:gray", "diverged": "tab:red", "errored": "black"}
 FRONT_COSTS = {"macs": "min", "images_per_second": "max"}  # the fronts the summary reports: compute, training speed
@@ -200,7 +204,45 @@ def summarize(space, frame, pool, best_row, test, start: float, model_uri: str, 
         ),  # fmt: skip
         **({"final": final} if final else {}),
         **({"plots_skipped": skipped} if skipped else {}),
+        **({"importance": importances(study, s)} if study is not None else {}),
     }
+
+
+def ranked_trials(study, settings) -> list:
+    """The study's completed trials with a finite METRIC (an earlier search's, given by --warm-start, included),
+    best first."""
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and math.isfinite(t.values[0])]
+    return sorted(done, key=lambda t: t.values[0], reverse=settings.MODE == "max")
+
+
+def top_count(trials: int) -> int:
+    """How many of `trials` completed trials count as the top ones (`MIN_TOP_TRIALS`)."""
+    return min(trials, max(MIN_TOP_TRIALS, math.ceil(0.1 * trials)))
+
+
+def importances(study, settings) -> dict:
+    """Each searched parameter's share (summing to 1) of what reaching the top trials of METRIC took, by Optuna's
+    PED-ANOVA, which suits the few trials of a search; `trials` and `top`: how many trials it rests on.
+
+    With fewer completed trials than the importance plot needs (`thin_plots`), `skipped` says so instead.
+    """
+    why = thin_plots(study).get("importance")
+    if why:
+        return {"skipped": why}
+    trials = len(ranked_trials(study, settings))
+    if trials < MIN_PLOT_TRIALS:  # completed, but some without a finite METRIC
+        return {"skipped": f"{count(trials, 'completed trial')} with a finite {settings.METRIC}; it needs "
+                           f"{MIN_PLOT_TRIALS}"}  # fmt: skip
+    top = top_count(trials)
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=min(0.5, top / trials))
+    # PED-ANOVA takes lower as better; a multi-objective study is asked about METRIC, the first objective
+    sign = -1 if settings.MODE == "max" else 1
+    target = (lambda t: sign * t.values[0]) if len(study.directions) > 1 else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna warns of small samples: `trials` and `top` say how small
+        shares = optuna.importance.get_param_importances(study, evaluator=evaluator, target=target)
+    return {"evaluator": "PED-ANOVA", "trials": trials, "top": top,
+            "params": {k: round(float(v), 4) for k, v in shares.items()}}  # fmt: skip
 
 
 def thin_plots(study) -> dict[str, str]:
@@ -290,12 +332,35 @@ def format_summary(summary: dict) -> str:
                      "no other beats on both (plots/pareto_front.png)")  # fmt: skip
         lines += [f"  {_front_line(row, metric.removeprefix('best_'))}" for row in front]
     lines += [f"plots       {name}.png skipped: {why}" for name, why in summary.get("plots_skipped", {}).items()]
+    lines += _importance_lines(summary)
     lines += [f"model       {summary['model']}", f"checkpoint  {summary['best_checkpoint']}"]
     if "registered" in summary:
         lines.append(f"registered  {_registered_line(summary['registered'])}")
     if "ui" in summary:
         lines.append(f"compare     {summary['ui']}")
     return "\n".join(lines)
+
+
+def _importance_lines(summary: dict) -> list[str]:
+    """The importance line (or why there is none) and the narrowed space file's (`search.narrow`)."""
+    lines, found, narrowed = [], summary.get("importance", {}), summary.get("narrowed", {})
+    if "params" in found:
+        shares = "  ".join(f"{k} {v:.2f}" for k, v in found["params"].items())
+        lines.append(f"importance  {shares} (PED-ANOVA: reaching the top {found['top']} of "
+                     f"{count(found['trials'], 'completed trial')})")  # fmt: skip
+    elif found:
+        lines.append(f"importance  not computed: {found['skipped']}")
+    if "path" in narrowed:
+        searched = ", ".join(narrowed["searched"]) or "nothing"
+        # search.run reads a space file from the local disk: one on s3:// runs from a copy of it
+        local = narrowed["path"] if not record.is_remote(narrowed["path"]) else "narrowed_space.py (a copy)"
+        lines.append(
+            f"narrowed    {narrowed['path']} (searches {searched}; fixes {len(narrowed['fixed'])} at the "
+            f"winner's values): python -m search.run {local} --warm-start {narrowed['search']}"
+        )
+    elif narrowed:
+        lines.append(f"narrowed    not written: {narrowed['skipped']}")
+    return lines
 
 
 def _registered_line(registered: dict) -> str:
@@ -342,6 +407,20 @@ def plot_front(frame: pd.DataFrame, metric: str, mode: str, pool: pd.DataFrame):
     return fig
 
 
+def plot_importance(importance: dict):
+    """The summary's PED-ANOVA importances as bars, the most important on top."""
+    if "params" not in importance:
+        raise ValueError(importance["skipped"])
+    shares = importance["params"]
+    fig = Figure(figsize=(8, 1 + 0.4 * len(shares)))
+    ax = fig.subplots()
+    ax.barh(list(shares)[::-1], list(shares.values())[::-1], color="tab:blue")
+    title = f"what reaching the top {importance['top']} of {importance['trials']} completed trials took"
+    ax.set(xlabel="share of importance (PED-ANOVA)", title=title)
+    ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
 def plot_curves(frame: pd.DataFrame, metric: str):
     fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
@@ -369,14 +448,19 @@ def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, pool, study, 
             client.log_artifact(run_id, path)
     client.log_figure(run_id, plot_curves(frame, metric), "plots/learning_curves.png")
     client.log_figure(run_id, plot_front(frame, metric, space.settings.MODE, pool), "plots/pareto_front.png")
+    from mlflow.entities import Metric
     from optuna.visualization import matplotlib as ovm
 
     # a multi-objective study's plots need to be told which objective: METRIC, the first
     target = {"target": lambda t: t.values[0], "target_name": metric} if len(study.directions) > 1 else {}
     skipped = thin_plots(study)
+    shares = summary.get("importance", {}).get("params", {})
+    if shares:  # metrics, so that the runs table can sort and compare searches by them
+        client.log_batch(run_id, metrics=[Metric(f"importance.{k}", v, int(time.time() * 1000), 0)
+                                          for k, v in shares.items()])  # fmt: skip
     for name, plot in (
         ("parallel_coordinates", ovm.plot_parallel_coordinate),
-        ("importance", ovm.plot_param_importances),
+        ("importance", lambda study, **_: plot_importance(summary["importance"])),  # the summary's numbers
     ):
         if name in skipped:
             client.set_tag(run_id, f"plot.{name}", f"skipped: {skipped[name]}")

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import platform
 import queue
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -89,6 +90,20 @@ def open_store(tracking_uri: str | None) -> MlflowClient:
             reason = "credentials rejected (set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
         raise UsageError(f"MLflow tracking store {uri}: {reason}") from None
     return client
+
+
+@contextmanager
+def fluent_store(uri: str):
+    """MLflow's fluent API (`mlflow.start_run`, `mlflow.pytorch.log_model`) pointed at `uri` for a block, then back
+    at whatever it was: a search run in a notebook must not move the notebook's own logging to its store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)  # sets $MLFLOW_TRACKING_URI too
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def absolute_store_uri(uri: str) -> str:
@@ -307,7 +322,12 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
         changed["created"] += run is None
         tagged = int(run.data.tags.get("epoch", 0)) if run else 0
         results = record.results(experiment_path, trial_id)
-        logged = _logged_epochs(client, run_id, tagged) if results and results[-1]["epoch"] > tagged else tagged
+        # a driver killed mid-request can leave the `epoch` tag behind the metrics, and the record behind both;
+        # the live logging of a resumed search trusts the tag, so a run left unended has its tag checked too
+        unended = run is not None and run.info.status in ("RUNNING", "KILLED")
+        logged = (
+            _logged_epochs(client, run_id, tagged) if results and (results[-1]["epoch"] > tagged or unended) else tagged
+        )
         missing = [r for r in results if r["epoch"] > logged]
         if missing:
             earlier = ranking.best([r for r in results if r["epoch"] <= logged])

@@ -62,6 +62,7 @@ class FinishedSearch:
     work: Path  # the working folder it ran in, empty before and after
     data_dir: Path
     kept_ctrl_c: bool  # the Ctrl-C handler was the same after the search as before it
+    kept_tracking_uri: bool  # MLflow's fluent API logged where it did before the search (a notebook's own store)
 
 
 @pytest.fixture(scope="session")
@@ -83,7 +84,9 @@ def finished_smoke_search(tmp_path_factory, smoke_data_dir, local_ray, _empty_st
             store.mkdir()
             shutil.copy(_empty_store, store / "mlflow.db")
             uri, here, ctrl_c = f"sqlite:///{store}/mlflow.db", os.getcwd(), signal.getsignal(signal.SIGINT)
-            env_uri = os.environ.get("MLFLOW_TRACKING_URI")  # MLflow's set_tracking_uri sets it as well
+            env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+            notebooks = f"sqlite:///{root}/notebook.db"  # a notebook's own store, set before the search
+            mlflow.set_tracking_uri(notebooks)
             os.chdir(work)  # a sqlite store keeps the artifacts beside it: nothing may land here
             try:
                 result = search(str(Path(__file__).parents[1] / "spaces" / f"{stem}.py"), smoke=True, name="smoke",
@@ -94,10 +97,12 @@ def finished_smoke_search(tmp_path_factory, smoke_data_dir, local_ray, _empty_st
                 raise
             finally:
                 os.chdir(here)
-                # the search points MLflow's fluent API at its store; the tests that share it must not log there
-                mlflow.set_tracking_uri(env_uri)
+                after = mlflow.get_tracking_uri()
+                mlflow.set_tracking_uri(env_uri)  # as the session had it
             kept = signal.getsignal(signal.SIGINT) is ctrl_c
-            done[stem] = FinishedSearch(result, uri, store, root / "runs", work, smoke_data_dir, kept)
+            done[stem] = FinishedSearch(
+                result, uri, store, root / "runs", work, smoke_data_dir, kept, after == notebooks
+            )
         return done[stem]
 
     return get

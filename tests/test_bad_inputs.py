@@ -787,3 +787,25 @@ def test_a_sample_of_the_sweep_as_real_processes(tmp_path):
                               text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
         assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr, (argv, done.stderr)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "data", "good.py", "int.pt", "space.py"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--cpus-per-trial=100", "CPUS_PER_TRIAL=100: the Ray cluster has "),
+     ("--gpus-per-trial=1", "GPUS_PER_TRIAL=1")],
+    ids=["cpus", "gpus"],
+)  # fmt: skip
+def test_a_trial_larger_than_the_cluster_is_refused_before_the_search_exists(flag, message, smoke_data_dir, tmp_path):
+    """The check ran once the search had its search.json and a parent run (left FAILED): it runs before them."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    got = subprocess.run(
+        [sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", flag, "--quiet",
+         "--name", "big", "--storage", str(tmp_path / "runs"), "--tracking-uri", uri, "--data-dir",
+         str(smoke_data_dir)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    lines = got.stderr.strip().splitlines()
+    assert got.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), got.stderr[-2000:]
+    assert not (tmp_path / "runs" / "big").exists()
+    assert MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]) == []

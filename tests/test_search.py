@@ -76,6 +76,7 @@ def test_smoke_search_of_every_space(space, finished_smoke_search):
     check_tracking(MlflowClient(done.uri), result, num_samples=4)
     assert Path(result.summary["best_checkpoint"], "checkpoint.pt").exists()
     assert done.kept_ctrl_c  # not Tune's handler, which swallowed a Ctrl-C in the next cell
+    assert done.kept_tracking_uri  # the notebook's next mlflow.log_metric goes to its own store, not the search's
     front = result.summary["front"]["macs"]
     assert front and all(row["macs"] > 0 and row["images_per_second"] > 0 for row in front)
     assert "against MACs per image" in report.format_summary(result.summary)

@@ -422,3 +422,20 @@ def test_the_saved_view_sorts_the_trials_by_their_best_epoch_and_shows_it(experi
     order = view["orderByKey"].replace("`", "") + (" ASC" if view["orderByAsc"] else " DESC")
     runs = client.search_runs([experiment_id], view["searchFilter"], order_by=[order])
     assert [float(r.data.params["x"]) for r in runs] == [x for x, *_ in RANKED]
+
+
+def test_a_tag_left_behind_its_metrics_by_a_killed_driver_is_brought_up_to_them(experiment, store, tmp_path):
+    """A driver killed between the metrics of epoch 3 and their `epoch` tag (two transactions in MLflow), before
+    Tune's record had epoch 3: sync trusted the tag (2), so the resumed search's live logging, which reads it, logged
+    epoch 3 a second time (seen as val_acc steps [1, 2, 3, 3] in a search killed three times)."""
+    client, experiment_id, parent = store
+    sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
+    copy = shutil.copytree(experiment, tmp_path / "killed")
+    run = next(r for r in child_runs(client, experiment_id, parent, "search").values() if r.data.tags["epoch"] == "3")
+    result = copy / run.data.tags["trial_id"] / "result.json"
+    result.write_text("".join(result.read_text().splitlines(keepends=True)[:2]))  # the record has epochs 1 and 2
+    client.set_tag(run.info.run_id, "epoch", "2")  # the tag lags the metrics, which hold epochs 1 to 3
+    client.update_run(run.info.run_id, status="RUNNING")  # as the killed driver left it
+    sync(copy, client, experiment_id, parent, max_epochs=EPOCHS)
+    assert client.get_run(run.info.run_id).data.tags["epoch"] == "3"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2, 3]
