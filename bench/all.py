@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bench.common import emit, out_dir
 
-BENCHMARKS = ("throughput", "overhead", "efficiency", "knobs", "narrow", "feedback", "memory", "gpu", "startup")
+BENCHMARKS = ("throughput", "overhead", "efficiency", "knobs", "narrow", "feedback", "memory", "gpu", "startup",
+              "scale")  # fmt: skip
 
 
 def machine() -> str:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
@@ -100,6 +102,10 @@ def parse_sets(items: list[str] | None) -> dict[str, object]:
     return out
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Runs a CLI entry point and exits: 0, or main's code; 2 for a UsageError, 1 for a search that failed.
 
@@ -107,6 +113,8 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     bug and propagates with its traceback.
     """
     argv = sys.argv[1:] if argv is None else argv
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (Slurm, `kill`) ends it as Ctrl-C does
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         code = main(argv)
     except UsageError as exc:
@@ -114,7 +122,7 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1 if isinstance(exc, SearchFailed) else 2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a search that exists says how to resume it (errors.Interrupted)
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

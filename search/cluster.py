@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -45,16 +46,29 @@ def connect(address: str, quiet: bool = False) -> None:
             os.environ["RAY_AUTH_MODE"] = "token"  # for this process: the connection lives as long as it does
         _reload_auth()
         _probe(address)
-        ray.init(address=address, log_to_driver=not quiet, include_dashboard=False, logging_level=_level(quiet))
+        with _sigterm_as_interrupt():
+            ray.init(address=address, log_to_driver=not quiet, include_dashboard=False, logging_level=_level(quiet))
         return
     # The local Ray started here passes its environment on to its workers. Tune runs each trial in a new thread,
     # and glibc gives new threads new malloc arenas that keep what they freed: a worker would grow by tens of MB
     # per trial (bench/memory.py).
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     private = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_AUTH_TOKEN_PATH": None}
-    with scoped_env(private):
+    with scoped_env(private), _sigterm_as_interrupt():
         _reload_auth()
         ray.init(address="local", log_to_driver=not quiet, include_dashboard=False, logging_level=_level(quiet))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While ray.init runs, its own SIGTERM handlers are installed: the driver's exits with code 15, the new local
+    node's stops its processes and exits with 1. Either is the SIGTERM a user or Slurm sent: an interrupt."""
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code in (signal.SIGTERM, 1):
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _level(quiet: bool) -> int:

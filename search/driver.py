@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import threading
 import time
 import uuid
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from ray import tune
 
 from search import __version__, cluster, mlflow_ui, narrow, record, registry, report
 from search.data import DEFAULT_DATA_DIR, note_if_fake
-from search.errors import SearchFailed, UsageError, one_line
+from search.errors import Interrupted, SearchFailed, UsageError, one_line
 from search.final import retrain
 from search.progress import SearchReporter, cost_line
 from search.record import (
@@ -46,6 +46,7 @@ from search.tracking import (
     discard_parents,
     end_parent,
     ensure_experiment,
+    fail_pending_models,
     fluent_store,
     open_store,
     start_parent,
@@ -60,7 +61,12 @@ from search.tuner import fit as tuner_fit
 
 @dataclass
 class SearchResult:
-    """What a search found. `summary` holds everything printed at the end."""
+    """What a search found. `summary` holds everything printed at the end; `trials` is the trials table (one row
+    per trial, `report.trials_frame`), `pool` its rows the winner was chosen from (those that ran in full, if any).
+
+    The `plot_*` methods draw the parent run's plots again, as figures that show in a notebook when they are a
+    cell's value.
+    """
 
     best_config: dict
     best_val: float
@@ -68,8 +74,27 @@ class SearchResult:
     experiment_path: str
     parent_run_id: str
     tracking_uri: str
+    trials: pd.DataFrame
+    pool: pd.DataFrame
+    ranking: Ranking
     summary: dict = field(default_factory=dict)
     results: tune.ResultGrid | None = None
+
+    def plot_curves(self) -> report.Figure:
+        """Every trial's METRIC per epoch, coloured by outcome (plots/learning_curves.png)."""
+        return report.plot_curves(self.trials, self.ranking.metric)
+
+    def plot_front(self) -> report.Figure:
+        """METRIC against MACs and against training speed, with the front of `pool` (plots/pareto_front.png)."""
+        return report.plot_front(self.trials, self.ranking.metric, self.ranking.mode, self.pool)
+
+    def plot_importance(self) -> report.Figure:
+        """The summary's PED-ANOVA importances (plots/importance.png).
+
+        Raises:
+            ValueError: the search had too few completed trials for them; the message says how few.
+        """
+        return report.plot_importance(self.summary.get("importance", {"skipped": "no importances were computed"}))
 
 
 def run_search(
@@ -91,35 +116,37 @@ def run_search(
 ) -> SearchResult:
     """`search.run.search` once its arguments are checked: prepares, runs and finishes a search, and ends its
     parent run FINISHED, FAILED or KILLED."""
-    start = time.time()
-    job = prepare(
-        space_path, overrides, smoke=smoke, name=name, resume=resume, storage=storage, tracking_uri=tracking_uri,
-        data_dir=data_dir, address=address, quiet=quiet, warm_start=warm_start,
-    )  # fmt: skip
-    try:
-        results = fit(job, quiet)
-        if _unfinished(job, results):
-            raise KeyboardInterrupt
-        result = finish(job, results, final_top_k, final_front, final_seeds, start)
-    except KeyboardInterrupt:
-        end_parent(job.client, job.parent_run_id, "KILLED", state=f"interrupted; resume with {job.resume_command}")
-        print(f"interrupted: resume with  {job.resume_command}", file=sys.stderr)
-        raise
-    except BaseException as exc:
-        end_parent(job.client, job.parent_run_id, "FAILED", error=f"{type(exc).__name__}: {exc}"[:5000])
-        if isinstance(exc, UsageError):
+    with _interrupts():  # from here on, Ctrl-C and SIGTERM at any moment end it KILLED, resumable
+        start = time.time()
+        job = prepare(
+            space_path, overrides, smoke=smoke, name=name, resume=resume, storage=storage, tracking_uri=tracking_uri,
+            data_dir=data_dir, address=address, quiet=quiet, warm_start=warm_start,
+        )  # fmt: skip
+        try:
+            results = fit(job, quiet)
+            if _unfinished(job, results):
+                raise KeyboardInterrupt
+            result = finish(job, results, final_top_k, final_front, final_seeds, start)
+            _stop_point()
+        except KeyboardInterrupt:
+            fail_pending_models(job.client, job.experiment_id, job.parent_run_id)  # a model logged halfway
+            end_parent(job.client, job.parent_run_id, "KILLED", state=f"interrupted; resume with {job.resume_command}")
+            raise Interrupted(f"resume with  {job.resume_command}") from None
+        except BaseException as exc:
+            end_parent(job.client, job.parent_run_id, "FAILED", error=f"{type(exc).__name__}: {exc}"[:5000])
+            if isinstance(exc, UsageError):
+                raise
+            if _is_store_error(exc):
+                raise SearchFailed(
+                    f"MLflow store {job.client.tracking_uri} failed at the end ({one_line(exc)}); the search's results "
+                    f"are safe under {job.path}: once the store is back, run  python -m search.tracking sync "
+                    f"{job.path}  (or {job.resume_command}) to complete its runs"
+                ) from None
             raise
-        if _is_store_error(exc):
-            raise SearchFailed(
-                f"MLflow store {job.client.tracking_uri} failed at the end ({one_line(exc)}); the search's results "
-                f"are safe under {job.path}: once the store is back, run  python -m search.tracking sync "
-                f"{job.path}  (or {job.resume_command}) to complete its runs"
-            ) from None
-        raise
-    end_parent(job.client, job.parent_run_id, "FINISHED", state="converged" if "converged_after" in result.summary
-               else "finished")  # fmt: skip
-    report.print_summary(result.summary)
-    return result
+        end_parent(job.client, job.parent_run_id, "FINISHED", state="converged" if "converged_after" in result.summary
+                   else "finished")  # fmt: skip
+        report.print_summary(result.summary)
+        return result
 
 
 def _is_store_error(exc: BaseException) -> bool:
@@ -262,6 +289,7 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
     config.data_dir = job.data_dir
     splits = load_data(config)
     test = evaluate_test(model, config, splits)
+    _stop_point()
 
     # the winner's model is logged through MLflow's fluent API
     with fluent_store(job.client.tracking_uri), mlflow.start_run(run_id=job.parent_run_id, log_system_metrics=False):
@@ -276,9 +304,11 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
             model.eval(), name="model", input_example=example.numpy(), pip_requirements=pinned
         )
     model_uri = logged.model_uri
+    _stop_point()
 
     chosen = report.pareto_front(pool, s.METRIC, s.MODE, "macs") if final_front else ranked.head(final_top_k)
     final = retrain(job, chosen, final_seeds) if len(chosen) else None
+    _stop_point()
     study = load_study(job.path, job.space)
     summary = report.summarize(job.space, frame, pool, best_row, test, start, model_uri, final, study)
     if s.REGISTER:  # a new version of the registered model; champion only if it beats the current one
@@ -293,7 +323,8 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
     return SearchResult(
         best_config=summary["best_config"],
         best_val=float(best_row[s.METRIC]), test=test, experiment_path=results.experiment_path,
-        parent_run_id=job.parent_run_id, tracking_uri=job.client.tracking_uri, summary=summary, results=results,
+        parent_run_id=job.parent_run_id, tracking_uri=job.client.tracking_uri, trials=frame, pool=pool,
+        ranking=_ranking(job.space), summary=summary, results=results,
     )  # fmt: skip
 
 
@@ -344,6 +375,41 @@ def _unfinished(job: SearchJob, results: tune.ResultGrid) -> bool:
     return False
 
 
+# A Ctrl-C or SIGTERM arrived. A KeyboardInterrupt raised while Python runs a finalizer (`__del__`, a weakref
+# callback) is printed and dropped ("Exception ignored in ..."): the search would go on and end FINISHED. What this
+# remembers is raised again at the next `_stop_point`.
+_STOP = threading.Event()
+
+
+@contextmanager
+def _interrupts():
+    """Ctrl-C and SIGTERM for a search, each remembered in _STOP; the handlers as they were afterwards (a
+    notebook's next cell). Tune's fit installs its own Ctrl-C handler while it runs (search.tuner.fit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _STOP.clear()
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, _interrupt)
+    _stop_on_sigterm()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def _interrupt(signum, frame) -> None:
+    _STOP.set()
+    raise KeyboardInterrupt
+
+
+def _stop_point() -> None:
+    """Raises the Ctrl-C or SIGTERM that a finalizer swallowed (_STOP)."""
+    if _STOP.is_set():
+        raise KeyboardInterrupt
+
+
 def _stop_on_sigterm() -> None:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
@@ -354,6 +420,7 @@ def _stop_like_ctrl_c(signum, frame) -> None:
     # saves its state and the parent run says how to --resume. Once: Slurm may signal both this process and the
     # batch script that forwards it, and a second Ctrl-C would skip Tune's last save.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _STOP.set()
     handler = signal.getsignal(signal.SIGINT)  # Tune's while it runs; called directly, Ray blocks SIGINT in jobs
     if not callable(handler):
         raise KeyboardInterrupt

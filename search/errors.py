@@ -31,6 +31,10 @@ class SearchFailed(UsageError):
     """The search ran but could not finish (every trial failed, or the tracking store failed at the end)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A search stopped by Ctrl-C or SIGTERM once it exists: the message says how to resume it."""
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """An exception as one line: its last non-empty line (where multi-line errors put the cause), or its type."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
 import warnings
 from pathlib import Path
 
+import matplotlib.figure  # not pyplot: drawing a file must not touch a notebook's backend or figures
 import optuna
 import pandas as pd
-from matplotlib.figure import Figure  # not pyplot: drawing a file must not touch a notebook's backend or figures
 from optuna.trial import TrialState
 
 from search import record
@@ -30,6 +31,16 @@ MIN_TOP_TRIALS = 3
 COST = tuple(COST_MODES)  # what a trial costs, from its last result
 OUTCOME_COLORS = {"completed": "tab:green", "stopped_early": "tab:gray", "diverged": "tab:red", "errored": "black"}
 FRONT_COSTS = {"macs": "min", "images_per_second": "max"}  # the fronts the summary reports: compute, training speed
+
+
+class Figure(matplotlib.figure.Figure):
+    """matplotlib's Figure that also shows as a PNG when it is a notebook cell's value: Jupyter draws a bare Figure
+    only once `%matplotlib inline`, or a first figure made through pyplot, has told IPython how; ours never are."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", bbox_inches="tight")  # as Jupyter's inline backend draws one
+        return buffer.getvalue()
 
 
 def trials_frame(results, space) -> pd.DataFrame:
@@ -387,7 +398,7 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
-def plot_front(frame: pd.DataFrame, metric: str, mode: str, pool: pd.DataFrame):
+def plot_front(frame: pd.DataFrame, metric: str, mode: str, pool: pd.DataFrame) -> Figure:
     """Metric against MACs and against training speed: every trial by outcome, the front of `pool` drawn over."""
     fig = Figure(figsize=(12, 5))
     axes = fig.subplots(1, 2, sharey=True)
@@ -407,7 +418,7 @@ def plot_front(frame: pd.DataFrame, metric: str, mode: str, pool: pd.DataFrame):
     return fig
 
 
-def plot_importance(importance: dict):
+def plot_importance(importance: dict) -> Figure:
     """The summary's PED-ANOVA importances as bars, the most important on top."""
     if "params" not in importance:
         raise ValueError(importance["skipped"])
@@ -421,7 +432,8 @@ def plot_importance(importance: dict):
     return fig
 
 
-def plot_curves(frame: pd.DataFrame, metric: str):
+def plot_curves(frame: pd.DataFrame, metric: str) -> Figure:
+    """Every trial's `metric` per epoch, coloured by outcome."""
     fig = Figure(figsize=(8, 5))
     ax = fig.subplots()
     outcome = dict(zip(frame.trial_id, frame.outcome, strict=True))

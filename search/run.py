@@ -76,7 +76,8 @@ def search(
     Raises:
         UsageError: (SpaceError, DataError, ...) a mistake in what was asked, before anything is created.
         SearchFailed: the search ran but could not finish; its parent run is ended FAILED.
-        KeyboardInterrupt: Ctrl-C or SIGTERM; the parent run is ended KILLED and says how to resume.
+        KeyboardInterrupt: Ctrl-C or SIGTERM; the parent run is ended KILLED, and once it exists the error
+            (errors.Interrupted) says how to resume.
     """
     _check_arguments(locals())
     space_path, storage, data_dir = os.fspath(space_path), os.fspath(storage), os.fspath(data_dir)

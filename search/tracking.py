@@ -201,6 +201,19 @@ def end_parent(client: MlflowClient, run_id: str, status: str, **tags: str) -> N
         log.warning("MLflow: could not end run %s as %s (%s)", run_id, status, one_line(exc))
 
 
+def fail_pending_models(client: MlflowClient, experiment_id: str, run_id: str) -> None:
+    """Marks FAILED the models of `run_id` still PENDING: MLflow 3 records a logged model before its files, and an
+    interrupt in between would leave it PENDING for good (the resumed search logs the winner again)."""
+    from mlflow.entities import LoggedModelStatus
+
+    try:  # best-effort, as end_parent
+        for model in client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'"):
+            if model.status == LoggedModelStatus.PENDING:
+                client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    except Exception as exc:
+        log.warning("MLflow: could not mark the models of run %s FAILED (%s)", run_id, one_line(exc))
+
+
 def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, stage: str) -> dict[str, Run]:
     """trial_id -> run, for the parent's child runs of one stage (search, final): one query."""
     runs = client.search_runs(

@@ -1,7 +1,7 @@
 """The Python API in a real Jupyter kernel (nbclient + ipykernel), as the course's students use it: train one
-config, run a search twice from one re-run cell, interrupt a search (the kernel's interrupt, Jupyter's stop
-button) and resume it, and a mistake in a space file, which must raise the project's own exception with one line
-and leave the kernel alive (never SystemExit)."""
+config, run a search twice from one re-run cell and show its plots, interrupt a search (the kernel's interrupt,
+Jupyter's stop button) and resume it, and a mistake in a space file, which must raise the project's own exception
+with one line and leave the kernel alive (never SystemExit)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.slow  # three searches in a kernel: minutes
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = ROOT / "spaces" / "vgg_fashion_mnist.py"
 SMOKE_TRIALS = 4  # search.space.SMOKE_DEFAULTS["NUM_SAMPLES"]
+INLINE = "module://matplotlib_inline.backend_inline"  # the backend a Jupyter kernel starts with
 
 
 class Kernel:
@@ -88,6 +89,21 @@ def test_a_search_cell_runs_twice_in_one_kernel(kernel):
     assert len(set(parents)) == 2
     assert all(client.get_run(p).info.status == "FINISHED" for p in parents)
 
+    for plot in ("plot_curves", "plot_front"):  # a figure as the cell's value, as a notebook user shows one
+        kernel.run(f"result.{plot}()")
+        kinds = [o.output_type for o in kernel.cell.outputs]
+        assert any("image/png" in o.get("data", {}) for o in kernel.cell.outputs) and "error" not in kinds, kinds
+    out = kernel.run("""
+        import matplotlib
+        print("backend", matplotlib.get_backend())
+        try:
+            result.plot_importance()
+        except ValueError as e:
+            print("no importance:", e)
+    """)
+    assert f"backend {INLINE}" in out  # the searches left the kernel's inline plots on
+    assert "no importance: " in out and "it needs" in out, out  # a smoke search has too few trials for one
+
 
 def test_an_interrupted_search_resumes_in_the_same_kernel(kernel):
     runs = kernel.root / "runs"
@@ -108,7 +124,9 @@ def test_an_interrupted_search_resumes_in_the_same_kernel(kernel):
         kernel.run(f'search("{SPACE}", name="interrupted", **OPTIONS)')
         pytest.fail(f"the search ran to its end; interrupted: {interrupted.is_set()}; it printed:\n{kernel.printed()}")
     interrupter.join()
-    assert stopped.value.ename == "KeyboardInterrupt", stopped.value.evalue
+    # a KeyboardInterrupt (search.errors.Interrupted) that says how to resume
+    assert stopped.value.ename == "Interrupted" and "resume=True" not in stopped.value.evalue, stopped.value.evalue
+    assert "--resume --name interrupted" in stopped.value.evalue, stopped.value.evalue
 
     out = kernel.run(f"""
         result = search("{SPACE}", name="interrupted", resume=True, **OPTIONS)

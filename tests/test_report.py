@@ -10,9 +10,11 @@ import matplotlib.pyplot as plt
 import optuna
 import pandas as pd
 import pytest
+from IPython.core.formatters import DisplayFormatter
 from mlflow.tracking import MlflowClient
 from ray.tune import Result
 
+from search.driver import SearchResult
 from search.record import write_best_config
 from search.report import (
     MIN_AUDIT_TRIALS,
@@ -29,6 +31,7 @@ from search.report import (
 )
 from search.schedule import is_control
 from search.space import METRICS_MODES, Settings, load_space, read_space
+from search.tracking import Ranking
 from search.train import TrainConfig
 
 
@@ -303,6 +306,40 @@ def test_the_parents_summary_and_best_config_are_strict_json(space, sqlite_uri, 
     assert strict_json((folder / "summary.json").read_text())["best_config"] == summary["best_config"]
     best = strict_json((folder / "best_config.json").read_text())
     assert best["optimizer"] == "adamw" and best["lr"] == 0.0123456789 and "momentum" not in best
+
+
+def search_result(space, study) -> SearchResult:
+    """What `finish` returns of `conditional_results` and `study`, without a search."""
+    frame = trials_frame(conditional_results(space), space)
+    pool = frame[frame.outcome == "completed"]
+    best = pool.sort_values("val_acc", ascending=False).iloc[0]
+    test = {"test_acc": 0.5, "test_top5": 0.8}
+    summary = summarize(space, frame, pool, best, test, time.time(), "m", None, study)
+    return SearchResult(summary["best_config"], best.val_acc, test, "/runs/s", "r", "sqlite://", trials=frame,
+                        pool=pool, ranking=Ranking("val_acc", "max"), summary=summary)  # fmt: skip
+
+
+def test_the_results_plots_show_in_a_notebook_without_reading_files(space):
+    """A notebook user asks the result for its plots; each shows as a PNG as a cell's value (IPython's own
+    formatter, as the kernel runs it), and none is left in pyplot's list for the inline backend to show again."""
+    result = search_result(space, study_of(completed=5))
+    before = plt.get_fignums()
+    curves, front, importance = result.plot_curves(), result.plot_front(), result.plot_importance()
+    assert plt.get_fignums() == before
+    assert len(curves.axes[0].lines) == 2 and front.axes[0].get_ylabel() == "val_acc"
+    assert [t.get_text() for t in importance.axes[0].get_yticklabels()][::-1] == list(
+        result.summary["importance"]["params"]
+    )  # the most important on top
+    for figure in (curves, front, importance):
+        shown, _ = DisplayFormatter().format(figure)
+        assert shown["image/png"].startswith(b"\x89PNG"), list(shown)
+
+
+def test_an_importance_plot_of_too_few_trials_says_why(space):
+    result = search_result(space, study_of(completed=1, pruned=3))
+    with pytest.raises(ValueError, match=r"^1 completed trial; it needs 5 \(more than the 3 searched parameters\)$"):
+        result.plot_importance()
+    assert result.plot_curves().axes  # the other plots need no more trials
 
 
 def test_importance_needs_more_completed_trials_than_searched_parameters():
