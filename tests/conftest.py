@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import pytest
 import ray
-from helpers import SMOKE_DATASETS, SMOKE_TEST, SMOKE_TRAIN
+from helpers import SMOKE_DATASETS, SMOKE_TEST, SMOKE_TRAIN, moto_server
 from mlflow.tracking import MlflowClient
 
 from search import cli
@@ -136,6 +137,14 @@ def cli_exit(capsys):
         return exit_info.value.code, out, err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> Iterator[dict]:
+    """moto's S3 server with the bucket helpers.BUCKET: the environment that reaches it, with a key it accepts
+    (a module's own server, so that one module's searches never meet another's)."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

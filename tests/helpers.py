@@ -1,11 +1,16 @@
-"""What many test files need: a free port, polling with a deadline, a parent run's trial runs, the smoke data."""
+"""What many test files need: a free port, polling with a deadline, a parent run's trial runs, the smoke data, a
+real S3 server (moto's)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,7 @@ SMOKE_TRAIN, SMOKE_TEST = 640, 100
 SMOKE_DATASETS = ("cifar100", "cifar10", "fashion_mnist")  # what the space files in spaces/ search
 # What a poll takes for "not there yet": a server not listening, a file half-written, a line not printed yet.
 NOT_YET = (requests.RequestException, OSError, ValueError, KeyError)
+BUCKET = "searches"  # the bucket the `s3` fixture makes
 
 
 def free_port() -> int:
@@ -57,3 +63,69 @@ def children(client, parent_run_id: str) -> list:
     """The runs whose MLflow parent is `parent_run_id`: a search's trial runs (and its final retrains)."""
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     return client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+
+
+@contextlib.contextmanager
+def moto_server(log: Path) -> Iterator[dict]:
+    """A real S3 server (moto) on a free port with the bucket BUCKET, checking credentials as a real store does: the
+    environment that reaches it, holding the access key of a user allowed all of S3.
+
+    moto checks credentials once its first four requests are done: the readiness probe, the user, its policy
+    and its key.
+    """
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    with open(log, "w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", endpoint.rpartition(":")[2]],
+            stdout=out, stderr=out, env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"},
+        )  # fmt: skip
+    try:
+        wait_for(lambda: requests.get(endpoint, timeout=2), 60, "moto's S3 server", log, proc=server)
+        iam = aws("iam", {"AWS_ENDPOINT_URL": endpoint})
+        iam.create_user(UserName="student")
+        allow = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="student", PolicyName="s3", PolicyDocument=json.dumps(allow))
+        key = iam.create_access_key(UserName="student")["AccessKey"]
+        env = {
+            **os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }  # fmt: skip
+        aws("s3", env).create_bucket(Bucket=BUCKET)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def aws(service: str, env: dict):
+    """A boto3 client of `service` on the moto server `env` reaches, with the key `env` holds (before there is
+    one, any: moto does not check the first requests)."""
+    import boto3
+
+    return boto3.client(
+        service, endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID", "test"),
+        aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY", "test"),
+    )  # fmt: skip
+
+
+def s3_files(env: dict, prefix: str) -> list[str]:
+    """Every object under `prefix` (bucket/key...) on the moto server `env` reaches."""
+    import pyarrow.fs
+
+    selector = pyarrow.fs.FileSelector(prefix, recursive=True, allow_not_found=True)
+    return [f.path for f in _s3(env).get_file_info(selector)]
+
+
+def s3_text(env: dict, uri: str) -> str:
+    """The text of the object at `uri` (s3://bucket/key) on the moto server `env` reaches."""
+    with _s3(env).open_input_stream(uri.removeprefix("s3://")) as f:
+        return f.read().decode()
+
+
+def _s3(env: dict):
+    import pyarrow.fs
+
+    return pyarrow.fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
+                                   secret_key=env["AWS_SECRET_ACCESS_KEY"], region="us-east-1")  # fmt: skip

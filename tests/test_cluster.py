@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -28,7 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from helpers import free_port, wait_for
+from helpers import BUCKET, children, free_port, s3_text, wait_for
 from mlflow.tracking import MlflowClient
 
 from search import submit
@@ -123,8 +124,12 @@ class RayCluster:
     dashboard: str  # http://127.0.0.1:PORT, what `search.submit --address` takes
     gcs: str  # 127.0.0.1:PORT, what `ray start --address` and `search.run --address` take
     token: str
+    temp: Path  # each node's --temp-dir is a folder in it
+    node_env: dict[str, str]  # what `ray start` runs with
+    node_options: list[str]  # `ray start` options every node has
     node_local: Path | None = None  # a folder the head sees and the second node does not (None: cannot hide one)
-    daemons: list[Daemon] = field(default_factory=list)
+    hide: list[str] = field(default_factory=list)  # the command prefix that hides node_local from a node
+    daemons: list[Daemon] = field(default_factory=list)  # the second node first, the head last
 
     def env(self, **extra: str) -> dict[str, str]:
         """A user's shell holding the cluster's token in RAY_AUTH_TOKEN."""
@@ -143,6 +148,28 @@ class RayCluster:
         client = JobSubmissionClient(self.dashboard, headers={"Authorization": f"Bearer {self.token}"})
         return {job.submission_id for job in client.list_jobs()}
 
+    def start_second_node(self) -> None:
+        """`ray start` of a second node (again, after a test lost it) in a temporary folder of its own, blind to
+        node_local; waits until the cluster has two nodes alive."""
+        temp = self.temp / f"node{len(self.daemons)}"
+        node = Daemon([*self.hide, BIN / "ray", "start", "--address", self.gcs, "--temp-dir", temp,
+                       *self.node_options], self.node_env, temp.with_suffix(".log"))  # fmt: skip
+        self.daemons.insert(0, node)
+        wait_for(lambda: len(self.nodes()) == 2, START_TIMEOUT_S, "the second Ray node", node.log)
+
+    def lose_second_node(self) -> None:
+        """SIGKILLs the second node's raylet and the processes it started (its workers, its agents), as when the
+        machine under them dies; waits until the cluster counts the node dead."""
+        import psutil
+
+        temp = str(self.temp / f"node{len(self.daemons) - 1}")
+        commands = ((p, p.info["cmdline"] or [""]) for p in psutil.process_iter(["cmdline"]))
+        (raylet,) = [p for p, cmd in commands if cmd[0].endswith("/raylet") and temp in " ".join(cmd)]
+        for proc in [raylet, *raylet.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        wait_for(lambda: len(self.nodes()) == 1, START_TIMEOUT_S, "Ray to count the second node dead")
+
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[RayCluster]:
@@ -150,7 +177,6 @@ def ray_cluster() -> Iterator[RayCluster]:
     temp = Path(tempfile.mkdtemp(prefix="rayt", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
     token = secrets.token_hex(32)
     port, dashboard, client_port = free_port(), free_port(), free_port()
-    cluster = RayCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{port}", token)
     env = clean_env(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=token,
@@ -161,20 +187,18 @@ def ray_cluster() -> Iterator[RayCluster]:
     # from its folder when its own last worker of the job ends, while the job's driver on the head may still run.
     common = ["--block", "--num-cpus", "1", "--num-gpus", "0", "--disable-usage-stats",
               "--dashboard-agent-listen-port", "0", "--object-store-memory", str(100 * 2**20)]  # fmt: skip
+    cluster = RayCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{port}", token, temp, env, common)
     try:
         head = Daemon([BIN / "ray", "start", "--head", "--port", port, "--dashboard-host", "127.0.0.1",
                        "--dashboard-port", dashboard, "--ray-client-server-port", client_port,
                        "--temp-dir", temp / "head", *common], env, temp / "head.log")  # fmt: skip
         cluster.daemons.append(head)
         wait_for(lambda: len(cluster.nodes()) == 1, START_TIMEOUT_S, "the Ray head", head.log)
-        cluster.node_local, hide = node_local_folder(temp)
-        worker = Daemon([*hide, BIN / "ray", "start", "--address", cluster.gcs, "--temp-dir", temp / "worker", *common],
-                        env, temp / "worker.log")  # fmt: skip
-        cluster.daemons.insert(0, worker)
-        wait_for(lambda: len(cluster.nodes()) == 2, START_TIMEOUT_S, "the second Ray node", worker.log)
+        cluster.node_local, cluster.hide = node_local_folder(temp)
+        cluster.start_second_node()
         yield cluster
     finally:
-        for daemon in cluster.daemons:  # the worker first, then the head
+        for daemon in cluster.daemons:  # the second node first, then the head
             daemon.stop()
         kill_marked(str(temp))
         shutil.rmtree(temp, ignore_errors=True)
@@ -435,7 +459,7 @@ class Slurm:
 
     def wait(self, job, timeout: float = 600) -> str:
         return wait_for(
-            lambda: (s := self.state(job)) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") and s,
+            lambda: (s := self.state(job)) not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED") and s,
             timeout, f"Slurm job {job}",
         )  # fmt: skip
 
@@ -457,7 +481,8 @@ def _start_slurm(root: Path) -> tuple[list[Daemon], dict]:
     conf.write_text(
         f"ClusterName=test\nSlurmctldHost={socket.gethostname()}(127.0.0.1)\nSlurmctldPort={ctld_port}\n"
         f"SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nCredType=cred/munge\n"
-        f"AuthInfo=socket={root}/munge/socket\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
+        # cred_expire: how long a requeued job waits before it starts again (default 120 s)
+        f"AuthInfo=socket={root}/munge/socket,cred_expire=30\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
         "JobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\nMpiDefault=none\n"
         "SchedulerType=sched/backfill\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n"
         "ReturnToService=2\nKillWait=30\n"
@@ -550,6 +575,38 @@ def test_slurm_script_runs_a_search_on_two_nodes_stops_at_the_time_limit_and_res
     assert parent.info.status == "FINISHED" and len(children) == SMOKE_TRIALS
     assert all(c.info.status != "RUNNING" for c in children), [c.info.status for c in children]
     assert len({c.data.tags.get("node_id") for c in children}) == 2, "trials did not run on both nodes"
+
+
+def test_a_requeued_slurm_job_resumes_its_search_by_itself(slurm, mlflow_server, data_dir, tmp_path):
+    """`scontrol requeue` (what preemption does): Slurm ends the running job and starts it again; the script
+    resumes the search in the same MLflow parent run, each trial in its own run, every epoch once."""
+    if not slurm.real:
+        pytest.skip("requeue needs a real Slurm (slurm-wlm, tests run as root)")
+    name = "slurm-requeue"
+    args = [SPACE, "--smoke", "--name", name, "--storage", str(tmp_path / "runs"),
+            "--data-dir", str(data_dir), *RUN_OPTIONS]  # fmt: skip
+    job, out = slurm.start(args, mlflow_server.env())
+    wait_for(lambda: search_runs(mlflow_server, name)[1], 300, "the first trial under Slurm", out)
+    subprocess.run(["scontrol", "requeue", job], env=slurm.env, check=True)
+    show = lambda: subprocess.run(["scontrol", "show", "job", job], env=slurm.env, capture_output=True,  # noqa: E731
+                                  text=True).stdout  # fmt: skip
+    assert "Restarts=1" in show()
+    assert slurm.wait(job, 900) == "COMPLETED", out.read_text()[-6000:]
+    log = out.read_text()
+    assert "TERM: stopping the search" in log, log[-6000:]  # the first run, kept (--open-mode=append)
+    assert "requeued (restart 1): resuming the search" in log, log[-6000:]
+    assert "Ray stopped; exit 0" in log and not ray_processes(str(slurm.root / f"ray{slurm.jobs}")), log[-3000:]
+
+    with mlflow_server.client() as client:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        parents = client.search_runs([experiment.experiment_id], f"tags.`mlflow.runName` = '{name}'")
+        assert [p.info.status for p in parents] == ["FINISHED"], log[-6000:]  # one parent: resumed, not redone
+        runs = children(client, parents[0].info.run_id)
+        assert len(runs) == SMOKE_TRIALS and len({r.data.tags["trial_id"] for r in runs}) == SMOKE_TRIALS
+        for run in runs:
+            assert run.info.status == "FINISHED", (run.info.status, run.data.tags)
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+            assert steps == list(range(1, int(run.data.tags["epoch"]) + 1)), steps  # every epoch once
 
 
 # --- search.submit's one-line errors against the cluster -----------------------------------------------------
@@ -736,3 +793,68 @@ def test_local_storage_on_a_multi_node_cluster_fails_before_the_search(ray_clust
     assert len(ray_cluster.job_ids() - before) == 1
     assert search_runs(mlflow_server, name) == (None, [])  # nothing started: no parent run
     assert not (storage / name).exists() and not list(storage.glob(".shared-*"))  # nor a folder, nor the marker
+
+
+# --- a search across nodes that share no disk, one of which is lost ------------------------------------------
+
+LOST_EPOCHS = 6  # epochs of every trial (none stopped early): the second node is lost after its trial's second
+
+
+def test_a_search_on_s3_uses_both_nodes_and_survives_losing_one(ray_cluster, s3, data_dir):
+    """`search.run --address --storage s3://`: the head and the second node share no disk (the driver's folder
+    and its MLflow store are on the head's own, node_local), so trials keep their record and checkpoints on S3
+    alone; neither node's `ray start` has the S3 keys, which the store checks (Tune hands the driver's to its trial
+    workers). The second node dies mid-trial: that trial goes on, on the head, from its last checkpoint, in the
+    same MLflow run."""
+    if ray_cluster.node_local is None:
+        pytest.skip("this machine does not let `unshare --mount` hide a folder from the second Ray node")
+    name, storage = "node-loss", f"s3://{BUCKET}/cluster"
+    head = next(n["node_id"] for n in ray_cluster.nodes() if n["is_head_node"])
+    second = next(n["node_id"] for n in ray_cluster.nodes() if not n["is_head_node"])
+    work = ray_cluster.node_local / name
+    work.mkdir()
+    uri = f"sqlite:///{work}/mlflow.db"
+    env = ray_cluster.env(**{k: v for k, v in s3.items() if k.startswith("AWS_")})  # the user's shell: S3's keys
+    cmd = [sys.executable, "-m", "search.run", ROOT / SPACE, "--smoke", "--name", name, "--address", ray_cluster.gcs,
+           "--storage", storage, "--tracking-uri", uri, "--data-dir", str(data_dir), *RUN_OPTIONS, "--set",
+           "NUM_SAMPLES=3", "--set", f"MAX_EPOCHS={LOST_EPOCHS}", "--set", f"GRACE_PERIOD={LOST_EPOCHS}"]  # fmt: skip
+    log = work / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT)
+    client = MlflowClient(uri)
+
+    def on_second_node() -> object:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        runs = client.search_runs([experiment.experiment_id], f"tags.node_id = '{second}'") if experiment else []
+        return next((r for r in runs if 2 <= int(r.data.tags["epoch"]) < LOST_EPOCHS), None)
+
+    try:
+        lost = wait_for(on_second_node, 400, "a trial's second epoch on the second node", log, proc=driver)
+        ray_cluster.lose_second_node()
+        driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        if len(ray_cluster.nodes()) < 2:  # the module's other tests want both nodes
+            ray_cluster.start_second_node()
+    output = log.read_text()
+    assert driver.returncode == 0, output[-6000:]
+
+    (parent,) = client.search_runs([lost.info.experiment_id], f"tags.`mlflow.runName` = '{name}'")
+    runs = children(client, parent.info.run_id)
+    assert parent.info.status == "FINISHED" and len(runs) == 3, output[-3000:]
+    assert len({r.data.tags["trial_id"] for r in runs}) == 3  # one run per trial: the lost one kept its own
+    for run in runs:
+        assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "completed", run.data.tags
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
+        assert steps == list(range(1, LOST_EPOCHS + 1)), steps  # every epoch once, step = epoch
+    # every trial ended on the head; the lost one ran on the second node first
+    assert {r.data.tags["node_id"] for r in runs} == {head}
+    assert lost.info.run_id in {r.info.run_id for r in runs}
+    # Tune's record of the lost trial: its first epochs on the second node, the rest on the head, from its
+    # checkpoint (an epoch under way when the node died may be reported again, no more)
+    lines = s3_text(s3, f"{storage}/{name}/{lost.data.tags['trial_id']}/result.json").splitlines()
+    epochs = [(r["epoch"], r["node_id"]) for r in map(json.loads, lines)]
+    assert epochs[0] == (1, second) and epochs[-1] == (LOST_EPOCHS, head), epochs
+    assert len(epochs) - len({e for e, _ in epochs}) <= 1, epochs
+    assert "trials      completed 3" in output.splitlines(), output[-3000:]  # the summary counts each trial once

@@ -7,65 +7,18 @@ as on a cluster whose nodes share no disk.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
-import pyarrow.fs
 import pytest
-import requests
-from helpers import children, free_port, wait_for
+from helpers import BUCKET, children, s3_files, wait_for
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).parents[1]
 SPACE = str(ROOT / "spaces/vgg_fashion_mnist.py")
-BUCKET = "searches"
-
-
-@contextlib.contextmanager
-def moto_server(log: Path, **server_env: str) -> Iterator[dict]:
-    """A real S3 server (moto) on a free port: the environment that reaches it, with test credentials."""
-    port = free_port()
-    env = {
-        **os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-    }  # fmt: skip
-    with open(log, "w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=out, env={**os.environ, **server_env},
-        )  # fmt: skip
-    try:
-        wait_for(lambda: requests.get(env["AWS_ENDPOINT_URL"], timeout=2), 60, "moto's S3 server", log, proc=server)
-        yield env
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
-def aws(service: str, env: dict, **keys: str):
-    keys = {"aws_access_key_id": "test", "aws_secret_access_key": "test", **keys}
-    return boto3.client(service, endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", **keys)
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> Iterator[dict]:
-    """moto's S3 server with the bucket BUCKET."""
-    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as env:
-        aws("s3", env).create_bucket(Bucket=BUCKET)
-        yield env
-
-
-def s3_files(env: dict, prefix: str) -> list[str]:
-    fs = pyarrow.fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key="test", secret_key="test",
-                                 region="us-east-1")  # fmt: skip
-    return [f.path for f in fs.get_file_info(pyarrow.fs.FileSelector(prefix, recursive=True, allow_not_found=True))]
 
 
 def run(argv: list[str], env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -99,20 +52,8 @@ def test_bad_object_storage_is_one_line_before_anything_starts(storage, env_chan
     assert not [f for f in s3_files(s3, BUCKET) if "/x/" in f]
 
 
-def test_credentials_the_store_refuses_are_one_line(tmp_path):
-    """moto checks credentials once its first four requests are done (the readiness probe, a user, its policy and
-    its key); the bucket is made with that key, the search given a wrong secret."""
-    (tmp_path / "cwd").mkdir()
-    with moto_server(tmp_path / "moto.log", INITIAL_NO_AUTH_ACTION_COUNT="4") as env:
-        iam = aws("iam", env)
-        iam.create_user(UserName="student")
-        allow = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-        iam.put_user_policy(UserName="student", PolicyName="s3", PolicyDocument=json.dumps(allow))
-        key = iam.create_access_key(UserName="student")["AccessKey"]
-        mine = {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
-        aws("s3", env, **mine).create_bucket(Bucket=BUCKET)  # the key works
-        wrong = {**env, "AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": "wrong"}
-        line = refused(f"s3://{BUCKET}/runs", wrong, tmp_path / "cwd")
+def test_credentials_the_store_refuses_are_one_line(s3, tmp_path):
+    line = refused(f"s3://{BUCKET}/runs", {**s3, "AWS_SECRET_ACCESS_KEY": "wrong"}, tmp_path)
     assert line.startswith(f"error: --storage s3://{BUCKET}/runs: cannot reach bucket {BUCKET} ("), line
 
 
