@@ -22,6 +22,10 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from search.errors import UsageError, one_line
 from search.space import Settings
 
+# Ray's own INFO ("Started a local Ray instance") would come before any later error's one line; the cost line
+# says what started. Its warnings stay.
+RAY_LOG_LEVEL = logging.WARNING
+
 CONNECT_TIMEOUT_S = 30  # a cluster that does not answer within this is reported, not waited on
 TOKEN_HELP = "on the head node `ray get-auth-token` prints it"
 
@@ -47,7 +51,7 @@ def connect(address: str, quiet: bool = False) -> None:
         _reload_auth()
         _probe(address)
         with _sigterm_as_interrupt():
-            ray.init(address=address, log_to_driver=not quiet, include_dashboard=False, logging_level=_level(quiet))
+            ray.init(address=address, log_to_driver=not quiet, include_dashboard=False, logging_level=RAY_LOG_LEVEL)
         return
     # The local Ray started here passes its environment on to its workers. Tune runs each trial in a new thread,
     # and glibc gives new threads new malloc arenas that keep what they freed: a worker would grow by tens of MB
@@ -56,7 +60,7 @@ def connect(address: str, quiet: bool = False) -> None:
     private = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_AUTH_TOKEN_PATH": None}
     with scoped_env(private), _sigterm_as_interrupt():
         _reload_auth()
-        ray.init(address="local", log_to_driver=not quiet, include_dashboard=False, logging_level=_level(quiet))
+        ray.init(address="local", log_to_driver=not quiet, include_dashboard=False, logging_level=RAY_LOG_LEVEL)
 
 
 @contextlib.contextmanager
@@ -69,11 +73,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         if exc.code in (signal.SIGTERM, 1):
             raise KeyboardInterrupt from None
         raise
-
-
-def _level(quiet: bool) -> int:
-    """Ray's own log level: --quiet keeps its "Started a local Ray instance" line out of a one-line error too."""
-    return logging.WARNING if quiet else logging.INFO
 
 
 def _reload_auth() -> None:

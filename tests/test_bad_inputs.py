@@ -797,13 +797,18 @@ def test_a_sample_of_the_sweep_as_real_processes(tmp_path):
     ids=["cpus", "gpus"],
 )  # fmt: skip
 def test_a_trial_larger_than_the_cluster_is_refused_before_the_search_exists(flag, message, smoke_data_dir, tmp_path):
-    """The check ran once the search had its search.json and a parent run (left FAILED): it runs before them."""
+    """The check ran once the search had its search.json and a parent run (left FAILED): it runs before them. And the
+    line stays one line (root cause 8), without --quiet, on a machine that once joined a token cluster: Ray's
+    "Started a local Ray instance" and its ~/.ray/auth_token warnings came first."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("a" * 64)  # a remote cluster's token
     got = subprocess.run(
-        [sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", flag, "--quiet",
+        [sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", flag,
          "--name", "big", "--storage", str(tmp_path / "runs"), "--tracking-uri", uri, "--data-dir",
          str(smoke_data_dir)],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "HOME": str(home)},
     )  # fmt: skip
     lines = got.stderr.strip().splitlines()
     assert got.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), got.stderr[-2000:]
