@@ -390,7 +390,8 @@ def _interrupts():
         return
     _STOP.clear()
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGINT, _interrupt)
+    if before[0] is signal.default_int_handler:  # not where Ctrl-C is ignored (nohup, `&` in a script)
+        signal.signal(signal.SIGINT, _interrupt)
     _stop_on_sigterm()
     try:
         yield

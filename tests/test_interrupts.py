@@ -92,9 +92,13 @@ def test_a_sigterm_whose_interrupt_a_finalizer_swallowed_still_stops_the_search(
 
 
 @pytest.mark.slow  # real processes, each starting a search
-@pytest.mark.parametrize("after", [1.0, 4.0, 8.0])  # checks; data and store; Ray starting
+@pytest.mark.parametrize(
+    ("sent", "after"),
+    [(signal.SIGTERM, 1.0), (signal.SIGTERM, 4.0), (signal.SIGTERM, 8.0), (signal.SIGINT, 2.0)],
+    ids=["sigterm-checks", "sigterm-data-and-store", "sigterm-ray-starting", "ctrl-c-imports"],
+)
 def test_sigterm_at_any_moment_of_a_start_is_exit_130_one_line_and_nothing_running(
-    after, smoke_data_dir, _empty_store, tmp_path
+    sent, after, smoke_data_dir, _empty_store, tmp_path
 ):
     """From the argument checks through data, store and Ray start to the first trials: `kill PID` during the first
     second exited -15 with no word; later the search said two lines."""
@@ -105,7 +109,7 @@ def test_sigterm_at_any_moment_of_a_start_is_exit_130_one_line_and_nothing_runni
            "--tracking-uri", f"sqlite:///{store}"]  # fmt: skip
     driver_process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     time.sleep(after)
-    driver_process.send_signal(signal.SIGTERM)
+    driver_process.send_signal(sent)
     _, err = driver_process.communicate(timeout=120)
     lines = err.strip().splitlines()
     if driver_process.returncode == 0:
