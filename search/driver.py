@@ -206,9 +206,8 @@ def prepare(
     client = open_store(tracking_uri or (saved.tracking_uri if saved else ""))
     experiment_id = ensure_experiment(client, saved.experiment if saved else space.name)
 
-    _stop_on_sigterm()  # also while connecting: Ray may take a while to start or answer
     cluster.connect(address, quiet)
-    _stop_on_sigterm()  # after ray.init: its own handler exits at once
+    _stop_on_sigterm()  # ray.init installs its own handlers (cluster._sigterm_as_interrupt while it runs)
     cluster.check_shared_storage(storage)
     cluster.concurrency(space.settings)  # a trial larger than the cluster: refused before the search exists
     if saved and saved.parent_run_id:
