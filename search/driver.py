@@ -128,12 +128,16 @@ def run_search(
                 raise KeyboardInterrupt
             result = finish(job, results, final_top_k, final_front, final_seeds, start)
             _stop_point()
-        except KeyboardInterrupt:
-            fail_pending_models(job.client, job.experiment_id, job.parent_run_id)  # a model logged halfway
-            end_parent(job.client, job.parent_run_id, "KILLED", state=f"interrupted; resume with {job.resume_command}")
-            raise Interrupted(f"resume with  {job.resume_command}") from None
         except BaseException as exc:
-            end_parent(job.client, job.parent_run_id, "FAILED", error=f"{type(exc).__name__}: {exc}"[:5000])
+            outage = _storage_outage(job, exc)
+            if isinstance(exc, KeyboardInterrupt) and not outage:
+                fail_pending_models(job.client, job.experiment_id, job.parent_run_id)  # a model logged halfway
+                end_parent(job.client, job.parent_run_id, "KILLED",
+                           state=f"interrupted; resume with {job.resume_command}")  # fmt: skip
+                raise Interrupted(f"resume with  {job.resume_command}") from None
+            end_parent(job.client, job.parent_run_id, "FAILED", error=outage or f"{type(exc).__name__}: {exc}"[:5000])
+            if outage:
+                raise SearchFailed(outage) from None
             if isinstance(exc, UsageError):
                 raise
             if _is_store_error(exc):
@@ -147,6 +151,18 @@ def run_search(
                    else "finished")  # fmt: skip
         report.print_summary(result.summary)
         return result
+
+
+def _storage_outage(job: SearchJob, exc: BaseException) -> str:
+    """The one line for a search that its storage stopped (an OSError on the way to it, or the trials stopped by
+    `StorageWatch`, which no Ctrl-C did), or '' when the storage answers: then `exc` is something else."""
+    if not isinstance(exc, OSError) and not (isinstance(exc, KeyboardInterrupt) and not _STOP.is_set()):
+        return ""
+    reason = record.unreachable(job.path)
+    return reason and (
+        f"storage {job.storage} does not answer ({reason}); the search stopped with what it had saved there: once "
+        f"the storage is back, resume with  {job.resume_command}"
+    )
 
 
 def _is_store_error(exc: BaseException) -> bool:
@@ -219,6 +235,8 @@ def prepare(
         if overrides != saved.overrides:  # extended; the parent's params cannot change, so a tag says so
             client.set_tag(parent_run_id, "extended.NUM_SAMPLES", str(space.settings.NUM_SAMPLES))
             write_state(record.join(storage, name), replace(saved, overrides=overrides))
+        if "error" in client.get_run(parent_run_id).data.tags:  # what stopped it last time (a storage outage)
+            client.delete_tag(parent_run_id, "error")
         client.update_run(parent_run_id, status="RUNNING")
         return job
     if saved:  # killed while it started, before it recorded its parent run: no trial ran; it starts now, in place

@@ -16,6 +16,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -67,6 +68,25 @@ def filesystem(uri: str | os.PathLike) -> tuple[pyarrow.fs.FileSystem, str]:
         ) from None
     except OSError as exc:  # s3:// asks where its bucket lives: a network or credentials error
         raise UsageError(f"{uri}: cannot reach it ({one_line(exc, 300)})") from None
+
+
+def unreachable(uri: str | os.PathLike, timeout: float = 15.0) -> str:
+    """Why the storage holding `uri` does not answer now, as one line; '' when it does. Within `timeout` seconds:
+    a request to an endpoint that is gone can wait far longer (the request goes on in a thread left behind)."""
+    answer: list[str] = []
+
+    def probe() -> None:
+        try:
+            fs, path = filesystem(uri)
+            fs.get_file_info(path)
+            answer.append("")
+        except (OSError, UsageError) as exc:  # from_uri's region lookup fails as a UsageError
+            answer.append(one_line(exc, 300))
+
+    thread = threading.Thread(target=probe, name="storage-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answer[0] if answer else f"no answer within {timeout:.0f} s"
 
 
 def read_text(uri: str | os.PathLike) -> str | None:

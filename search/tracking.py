@@ -401,6 +401,8 @@ class LiveTracking(tune.Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged: dict[str, int] = {}  # trial_id -> epochs MLflow holds without a gap
         self._best: dict[str, tuple[float, int] | None] = {}  # trial_id -> its best (value, epoch) in MLflow
+        self._started: set[str] = set()  # trials this run started, and of them those that completed or failed
+        self._ended: set[str] = set()
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._rest_until = 0.0
@@ -419,6 +421,7 @@ class LiveTracking(tune.Callback):
         self._queue.put((self._find_runs, ()))
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._started.add(trial.trial_id)
         self._queue.put((self._start, (trial.trial_id, dict(trial.config))))
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -426,12 +429,18 @@ class LiveTracking(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         outcome = outcome_of(trial.last_result, self.max_epochs)
+        self._ended.add(trial.trial_id)
         self._queue.put((self._end, (trial.trial_id, outcome)))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._ended.add(trial.trial_id)
         self._queue.put((self._end, (trial.trial_id, "errored")))
 
     def on_experiment_end(self, trials, **info) -> None:
+        # trials started here that neither completed nor failed were stopped with the run (Ctrl-C, a storage
+        # outage), which Tune's cleanup marks TERMINATED: interrupted, since the next sync may be a while away
+        for trial_id in sorted(self._started - self._ended):
+            self._queue.put((self._end, (trial_id, "interrupted")))
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join()

@@ -6,6 +6,7 @@ compares their early and final rankings without the range restriction of looking
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import signal
 import threading
@@ -22,6 +23,8 @@ from search import record
 from search.schedule import converged_after, is_control
 from search.searcher import make_searcher
 from search.space import Space
+
+log = logging.getLogger(__name__)
 
 
 class AuditedASHA(ASHAScheduler):
@@ -60,6 +63,36 @@ class Converged(tune.Stopper, tune.Callback):
 
     def stop_all(self) -> bool:
         return converged_after(self.ended, self.mode, self.patience, self.min_delta) is not None
+
+
+class StorageWatch(tune.Callback):
+    """Stops the run as Ctrl-C does when a trial fails while the storage holding the experiment does not answer (an
+    object store or NFS outage): its trials are then left to resume from their checkpoints, instead of being retried
+    into the outage and recorded as failed. A failure while the storage answers is the trial's own (retried up to
+    MAX_FAILURES). The driver tells the user (`search.driver`).
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_trial_recover(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self._check()
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        reason = record.unreachable(self.path)
+        stop = signal.getsignal(signal.SIGUSR1)  # Tune's own: end the run, its state saved as far as it can be
+        if not reason or not callable(stop):  # no handler: Tune runs outside the main thread
+            return
+        log.warning("the storage of %s does not answer (%s): stopping the trials", self.path, reason)
+        tune_log = logging.getLogger("ray.tune.tune")
+        level, tune_log.level = tune_log.level, logging.ERROR  # its "Stop signal received (e.g. via Ctrl+C)"
+        try:
+            stop(signal.SIGUSR1, None)
+        finally:
+            tune_log.setLevel(level)
 
 
 def fit(tuner: tune.Tuner) -> tune.ResultGrid:
@@ -152,7 +185,7 @@ def build_tuner(
         run_config=tune.RunConfig(
             name=posixpath.basename(path),
             storage_path=posixpath.dirname(path),  # a URI (s3://...) too, which pathlib would mangle
-            callbacks=callbacks or [],
+            callbacks=[*(callbacks or []), StorageWatch(path)],
             stop=stopper,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2 if search else 1),
             failure_config=tune.FailureConfig(max_failures=s.MAX_FAILURES),

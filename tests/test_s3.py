@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import BUCKET, children, s3_files, wait_for
+from helpers import BUCKET, Link, children, s3_files, wait_for
 from mlflow.tracking import MlflowClient
+
+from search import record
 
 ROOT = Path(__file__).parents[1]
 SPACE = str(ROOT / "spaces/vgg_fashion_mnist.py")
@@ -100,3 +103,64 @@ def test_a_search_on_s3_survives_a_killed_driver_resumes_without_name_extends_an
     warm = run([*cmd, "--name", "warm", "--warm-start", name, "--set", "NUM_SAMPLES=1"], s3, tmp_path)
     assert warm.returncode == 0, warm.stderr[-3000:]
     assert f"of the 5 trials of {name} fit vgg_fashion_mnist.py" in warm.stdout, warm.stdout
+
+
+def test_storage_that_does_not_answer_is_told_apart_from_storage_that_does(s3, monkeypatch):
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, s3[key])
+    assert record.unreachable(f"s3://{BUCKET}/runs/x") == ""
+    link = Link(("127.0.0.1", int(s3["AWS_ENDPOINT_URL"].rpartition(":")[2])))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", link.url)
+    assert record.unreachable(f"s3://{BUCKET}/runs/x") == ""
+    link.cut()
+    assert "NETWORK_CONNECTION" in record.unreachable(f"s3://{BUCKET}/runs/x")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers: bounded by the timeout
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        assert record.unreachable(f"s3://{BUCKET}/runs/x", timeout=1) == "no answer within 1 s"
+
+
+@pytest.mark.slow
+def test_an_s3_outage_mid_search_stops_it_with_one_line_and_a_resume_once_it_is_back_loses_nothing(
+    s3, smoke_data_dir, tmp_path
+):
+    link = Link(("127.0.0.1", int(s3["AWS_ENDPOINT_URL"].rpartition(":")[2])))  # the route to S3, to be cut
+    env = {**s3, "AWS_ENDPOINT_URL": link.url}
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = [
+        sys.executable, "-m", "search.run", SPACE, "--smoke", "--quiet", "--storage", f"s3://{BUCKET}/runs",
+        "--tracking-uri", uri, "--data-dir", str(smoke_data_dir), "--name", "outage",
+        "--set", "MAX_EPOCHS=5", "--set", "GRACE_PERIOD=5", "--set", "MAX_CONCURRENT=2",
+    ]  # fmt: skip
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=out, start_new_session=True)
+    checkpoints = lambda: [f for f in s3_files(s3, f"{BUCKET}/runs/outage") if f.endswith("/checkpoint.pt")]  # noqa: E731
+    wait_for(lambda: len(checkpoints()) >= 2, 300, "two checkpoints on S3", log, proc=driver)
+    link.cut()  # S3 keeps what it holds; the search can no longer reach it
+    try:
+        driver.wait(timeout=300)  # bounded: it does not retry into the outage for ever
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    last = log.read_text().strip().splitlines()[-1]
+    assert driver.returncode == 1, log.read_text()[-3000:]
+    assert last.startswith(f"error: storage s3://{BUCKET}/runs does not answer ("), last
+    assert last.endswith(f"resume with  python -m search.run {SPACE} --resume --name outage"), last
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name("vgg_fashion_mnist").experiment_id
+    (parent,) = client.search_runs([experiment_id], filter_string="tags.smoke = 'True'")
+    assert parent.info.status == "FAILED" and "does not answer" in parent.data.tags["error"]
+    for r in children(client, parent.info.run_id):  # an outage is no fault of the trials': none failed
+        assert (r.info.status, r.data.tags["outcome"]) in {("KILLED", "interrupted"), ("FINISHED", "completed")}
+
+    link.mend()
+    resumed = run([*cmd, "--resume"], env, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
+    trial_runs = children(client, parent.info.run_id)
+    assert len(trial_runs) == 4
+    for r in trial_runs:
+        assert (r.info.status, r.data.tags["outcome"]) == ("FINISHED", "completed")
+        epochs = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert epochs == [1, 2, 3, 4, 5], epochs  # the trials the outage stopped went on from their checkpoints
