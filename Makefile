@@ -19,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 search: setup
 	$(PY) -m search.run $(SPACE) $(ARGS)
 
+# Two pytest workers (pytest-xdist): an end-to-end test waits on processes starting (Python, Ray, MLflow) as much
+# as it computes, so two at once use 2 cores better; tests marked xdist_group("cluster") run on one worker.
+JOBS  ?= 2
+XDIST := -n $(JOBS) --dist loadgroup
+
 test: setup
-	$(PY) -m pytest -q --durations=40 tests $(ARGS)
+	$(PY) -m pytest -q $(XDIST) --durations=40 tests $(ARGS)
 
 # The developer's loop: every test but the end-to-end searches and clusters (marked slow).
 test-fast: setup

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from search.driver import SearchResult
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the compact CLIReporter table, plain lines off a terminal
+# Tune snapshots the search whenever a trial has checkpointed twice since the last snapshot (search.tuner keeps 2
+# checkpoints a trial), and warns to change that setting when it happens often, as with epochs of seconds: advice
+# for this code, not for its user (its cost at scale is in bench/README.md).
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 cli.cap_mlflow_retries()  # before MLflow is imported, so the notebook's searches get it too
 
 

@@ -36,7 +36,9 @@ from search import submit
 from search.errors import UsageError
 from search.fake_data import write_fake
 
-pytestmark = pytest.mark.slow  # whole searches and clusters: minutes; `make test-fast` leaves them out
+# whole searches and clusters: minutes; `make test-fast` leaves them out. One xdist worker runs them one after
+# another: this machine's single-node Slurm would queue two of its jobs, and each cluster's nodes are sized to it.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cluster")]
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's python, ray and mlflow

@@ -81,6 +81,7 @@ def test_a_search_on_s3_survives_a_killed_driver_resumes_without_name_extends_an
 
     resumed = run([*cmd, "--resume"], s3, tmp_path)  # no --name: the newest search of the space on S3
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "snapshotting" not in resumed.stderr  # --quiet: no advice on Tune settings the user does not set
     assert f"config file {storage}/{name}/best_config.json" in resumed.stdout
     assert f"checkpoint  {storage}/{name}/" in resumed.stdout  # where the model is, as a URI that names S3
     client = MlflowClient(uri)
