@@ -88,7 +88,8 @@ class StorageWatch(tune.Callback):
             return
         log.warning("the storage of %s does not answer (%s): stopping the trials", self.path, reason)
         tune_log = logging.getLogger("ray.tune.tune")
-        level, tune_log.level = tune_log.level, logging.ERROR  # its "Stop signal received (e.g. via Ctrl+C)"
+        level = tune_log.level
+        tune_log.setLevel(logging.ERROR)  # its "Stop signal received (e.g. via SIGINT/Ctrl+C)" would mislead
         try:
             stop(signal.SIGUSR1, None)
         finally:
