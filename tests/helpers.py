@@ -133,11 +133,12 @@ def _s3(env: dict):
 
 
 class Link:
-    """A TCP relay from a port of its own to `target` (host, port) that can be cut and mended: a network outage
-    between a client and a server that itself keeps running, and keeps what it holds."""
+    """A TCP relay from a port of its own to the server at `url` (http://HOST:PORT) that can be cut and mended: a
+    network outage between a client and a server that itself keeps running, and keeps what it holds."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target, self.port = target, free_port()
+    def __init__(self, url: str) -> None:
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.target, self.port = (host, int(port)), free_port()
         self._listener: socket.socket | None = None
         self._open: list[socket.socket] = []
         self.mend()

@@ -28,6 +28,19 @@ def run(argv: list[str], env: dict, cwd: Path, timeout: float = 600) -> subproce
     return subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def start_until_two_checkpoints(
+    cmd: list[str], env: dict, cwd: Path, s3: dict, folder: str
+) -> tuple[subprocess.Popen, Path]:
+    """Starts the search `cmd` (its output in cwd/driver.log) and returns once two checkpoints are under `folder`
+    (bucket/key...) on the S3 server `s3` reaches."""
+    log = cwd / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen(cmd, env=env, cwd=cwd, start_new_session=True, stdout=out, stderr=out)
+    checkpoints = lambda: [f for f in s3_files(s3, folder) if f.endswith("/checkpoint.pt")]  # noqa: E731
+    wait_for(lambda: len(checkpoints()) >= 2, 300, "two checkpoints on S3", log, proc=driver)
+    return driver, log
+
+
 def refused(storage: str, env: dict, cwd: Path) -> str:
     """The one line `search.run` refuses `storage` with, having started nothing."""
     got = run([sys.executable, "-m", "search.run", SPACE, "--smoke", "--storage", storage, "--name", "x"], env, cwd,
@@ -70,11 +83,7 @@ def test_a_search_on_s3_survives_a_killed_driver_resumes_without_name_extends_an
         sys.executable, "-m", "search.run", SPACE, "--smoke", "--quiet", "--storage", storage, "--tracking-uri", uri,
         "--data-dir", str(smoke_data_dir), "--set", "MAX_EPOCHS=3", "--set", "MAX_CONCURRENT=1",
     ]  # fmt: skip
-    log = tmp_path / "driver.log"
-    with open(log, "w") as out:
-        driver = subprocess.Popen(cmd, env=s3, cwd=tmp_path, start_new_session=True, stdout=out, stderr=out)
-    checkpoints = lambda: [f for f in s3_files(s3, f"{BUCKET}/runs") if f.endswith("/checkpoint.pt")]  # noqa: E731
-    wait_for(lambda: len(checkpoints()) >= 2, 300, "two checkpoints on S3", log, proc=driver)
+    driver, log = start_until_two_checkpoints(cmd, s3, tmp_path, s3, f"{BUCKET}/runs")
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray, as a crash would
     driver.wait()
     (name,) = {f.split("/")[2] for f in s3_files(s3, f"{BUCKET}/runs") if f.endswith("/search.json")}
@@ -110,7 +119,7 @@ def test_storage_that_does_not_answer_is_told_apart_from_storage_that_does(s3, m
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, s3[key])
     assert record.unreachable(f"s3://{BUCKET}/runs/x") == ""
-    link = Link(("127.0.0.1", int(s3["AWS_ENDPOINT_URL"].rpartition(":")[2])))
+    link = Link(s3["AWS_ENDPOINT_URL"])
     monkeypatch.setenv("AWS_ENDPOINT_URL", link.url)
     assert record.unreachable(f"s3://{BUCKET}/runs/x") == ""
     link.cut()
@@ -124,7 +133,7 @@ def test_storage_that_does_not_answer_is_told_apart_from_storage_that_does(s3, m
 def test_an_s3_outage_mid_search_stops_it_with_one_line_and_a_resume_once_it_is_back_loses_nothing(
     s3, smoke_data_dir, tmp_path
 ):
-    link = Link(("127.0.0.1", int(s3["AWS_ENDPOINT_URL"].rpartition(":")[2])))  # the route to S3, to be cut
+    link = Link(s3["AWS_ENDPOINT_URL"])  # the route to S3, to be cut
     env = {**s3, "AWS_ENDPOINT_URL": link.url}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cmd = [
@@ -132,11 +141,7 @@ def test_an_s3_outage_mid_search_stops_it_with_one_line_and_a_resume_once_it_is_
         "--tracking-uri", uri, "--data-dir", str(smoke_data_dir), "--name", "outage",
         "--set", "MAX_EPOCHS=5", "--set", "GRACE_PERIOD=5", "--set", "MAX_CONCURRENT=2",
     ]  # fmt: skip
-    log = tmp_path / "driver.log"
-    with open(log, "w") as out:
-        driver = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out, stderr=out, start_new_session=True)
-    checkpoints = lambda: [f for f in s3_files(s3, f"{BUCKET}/runs/outage") if f.endswith("/checkpoint.pt")]  # noqa: E731
-    wait_for(lambda: len(checkpoints()) >= 2, 300, "two checkpoints on S3", log, proc=driver)
+    driver, log = start_until_two_checkpoints(cmd, env, tmp_path, s3, f"{BUCKET}/runs/outage")
     link.cut()  # S3 keeps what it holds; the search can no longer reach it
     try:
         driver.wait(timeout=300)  # bounded: it does not retry into the outage for ever
