@@ -11,6 +11,7 @@ import time
 
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.widgets.util import in_notebook
 
 from search.schedule import expected_epochs, outcome_of
 from search.space import Settings
@@ -57,6 +58,19 @@ class SearchReporter(tune.CLIReporter):
             print_intermediate_tables=True,
         )  # fmt: skip
         self.settings, self.concurrency, self.start = settings, concurrency, time.time()
+        self._table = None  # in a notebook: the one output that each report updates (IPython's DisplayHandle)
+
+    def _print(self, msg: str) -> None:
+        """In a terminal Ray prints each table below the last; a notebook cell would then grow a table every 30 s,
+        so there the first table is displayed and each later one replaces it, leaving the cell's other lines."""
+        if not in_notebook():
+            return super()._print(msg)
+        from IPython.display import Pretty, display  # a notebook's kernel has IPython: no dependency of ours
+
+        if self._table is None:
+            self._table = display(Pretty(msg), display_id=True)
+        else:
+            self._table.update(Pretty(msg))
 
     def report(self, trials: list[Trial], done: bool, *sys_info: str) -> None:
         for trial in trials:

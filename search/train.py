@@ -405,7 +405,8 @@ def train(
         config: a TrainConfig, or a flat dict of its fields and model options.
         on_epoch: called after every epoch with the metrics dict (epoch, train_loss, train_acc, val_loss,
             val_acc, val_top5, lr, epoch_seconds, images_per_second) and the checkpoint state; the caller
-            decides whether to `save_checkpoint` it (the Tune wrapper does, every epoch).
+            decides whether to `save_checkpoint` it (the Tune wrapper does, every epoch). By default each epoch
+            prints its line (`format_metrics`), so a notebook's `train(...)` shows how it goes.
         resume: a checkpoint state or path; training continues after its epoch, exactly as if never stopped.
         splits: data already loaded (defaults to `load_data(config)`, which is cached per process).
 
@@ -475,8 +476,7 @@ def train(
             "history": history,
             "config": config.flat(),
         }
-        if on_epoch:
-            on_epoch(metrics, state)
+        (on_epoch or _print_epoch)(metrics, state)
         if outcome == "diverged":
             break
     return TrainResult(outcome=outcome, history=history, model=model, config=config)
@@ -576,6 +576,10 @@ def model_from_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple
     model = config.build_model()
     model.load_state_dict(state["model"])
     return model.to(device), config
+
+
+def _print_epoch(metrics: dict, state: dict) -> None:
+    print(format_metrics(metrics), flush=True)
 
 
 def format_metrics(m: dict) -> str:
@@ -713,7 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.from_dict(values)
 
     def progress(metrics: dict, state: dict) -> None:
-        print(format_metrics(metrics), flush=True)
+        _print_epoch(metrics, state)
         if args.out:
             save_checkpoint(Path(args.out) / "checkpoint.pt", state)
         if rerun:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -16,6 +17,10 @@ from search.errors import UsageError
 from search.train import TrainConfig, load_checkpoint, resolve_device, save_checkpoint, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+# Ray logs "Checkpoint successfully created at: ..." for every epoch of every trial, and the driver prints its
+# workers' logs: lines around the live table, and one after the summary, that tell a person nothing
+logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
 
 _latency: dict[tuple, float] = {}  # architecture and device -> ms; a worker process runs many trials
 

@@ -72,17 +72,22 @@ def test_train_runs_in_a_kernel(kernel):
         print("outcome", result.outcome, "epochs", result.epoch)
     """)
     assert "outcome completed epochs 1" in out
+    assert "epoch   1  train_loss " in out, out  # it says how each epoch went, as it goes (it said nothing)
 
 
 def test_a_search_cell_runs_twice_in_one_kernel(kernel):
     cell = f"""
-        result = search("{SPACE}", **OPTIONS)
+        result = search("{SPACE}", **{{**OPTIONS, "quiet": False}})
         print("parent", result.parent_run_id, "trials", len(result.results))
     """
     parents = []
     for _ in range(2):  # the same cell, run again
         out = kernel.run(cell)
         assert f"trials {SMOKE_TRIALS}" in out, out
+        # one live table that each report replaces, ending as the search ended, not a new table every 30 s
+        tables = [o for o in kernel.cell.outputs if "trials: " in o.get("data", {}).get("text/plain", "")]
+        assert len(tables) == 1 and f"trials: {SMOKE_TRIALS} done" in tables[0]["data"]["text/plain"], tables
+        assert "trials: " not in out  # no table among the printed lines
         parents.append(out.split("parent ")[1].split()[0])
         time.sleep(1)  # a new default name (space + start time, to the second)
     client = MlflowClient(f"sqlite:///{kernel.root}/mlflow.db")
