@@ -270,13 +270,13 @@ def fit(job: SearchJob, quiet: bool) -> tune.ResultGrid:
     """Runs the trials (or the rest of them) and brings MLflow up to date with Tune's record of them."""
     s, n = job.space.settings, cluster.concurrency(job.space.settings)
     print(cost_line(s, n), flush=True)
-    searched = list(job.space.params) if isinstance(job.space.params, dict) else []
     tracking = LiveTracking(
         job.client.tracking_uri, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, ranking=_ranking(job.space)
     )
     tuner = build_tuner(
         job.space, trainable, path=job.path, param_space=job.space.base_config(job.data_dir), max_concurrent=n,
-        callbacks=[tracking], reporter=None if quiet else SearchReporter(s, searched, n), warm_start=job.warm_start,
+        callbacks=[tracking], reporter=None if quiet else SearchReporter.for_space(job.space, n),
+        warm_start=job.warm_start,
     )  # fmt: skip
     results = tuner_fit(tuner)
     sync(job.path, job.client, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, ranking=_ranking(job.space))

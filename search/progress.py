@@ -14,7 +14,7 @@ from ray.tune.experiment import Trial
 from ray.widgets.util import in_notebook
 
 from search.schedule import expected_epochs, outcome_of
-from search.space import Settings
+from search.space import Settings, Space, distributions
 
 
 def cost_line(settings: Settings, concurrency: int) -> str:
@@ -40,6 +40,9 @@ def _duration(seconds: float) -> str:
     )
 
 
+TABLE_PARAMETERS = 6  # parameter columns of the live table: with the metrics, about 160 characters
+
+
 class SearchReporter(tune.CLIReporter):
     """Ray's table plus a status line; ended trials show how they ended."""
 
@@ -47,7 +50,7 @@ class SearchReporter(tune.CLIReporter):
         s = settings
         super().__init__(
             metric_columns={"epoch": "epoch", s.METRIC: s.METRIC, "macs": "MACs", "outcome": "outcome"},
-            parameter_columns=searched[:6] or None,
+            parameter_columns=searched[:TABLE_PARAMETERS] or None,
             # sorted here, not by Ray: its sort fails on two trials that ended before their first result (a time
             # budget stopping trials that had just started), which ended a finished search with a TypeError
             # no metric/mode: Ray's "Current best trial" line prints every float unrounded; the status line names
@@ -59,6 +62,12 @@ class SearchReporter(tune.CLIReporter):
         )  # fmt: skip
         self.settings, self.concurrency, self.start = settings, concurrency, time.time()
         self._table = None  # in a notebook: the one output that each report updates (IPython's DisplayHandle)
+
+    @classmethod
+    def for_space(cls, space: Space, concurrency: int) -> SearchReporter:
+        """The table of a space's search: its first six searched parameters as columns, a define-by-run space's
+        too (with none named, Ray shows every key of the config: the main space's table was 234 characters wide)."""
+        return cls(space.settings, list(distributions(space))[:TABLE_PARAMETERS], concurrency)
 
     def _print(self, msg: str) -> None:
         """In a terminal Ray prints each table below the last; a notebook cell would then grow a table every 30 s,

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import optuna
 import pytest
 from ray import tune
 from ray.tune.experiment import Trial
 from tune_fakes import one_or_two_epochs, one_result
 
-from search.progress import SearchReporter, cost_line
+from search.progress import TABLE_PARAMETERS, SearchReporter, cost_line
 from search.schedule import expected_epochs, rung_epochs
-from search.space import Settings
+from search.space import Settings, distributions, load_space
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings(**values) -> Settings:
@@ -70,3 +74,21 @@ def test_the_time_left_is_never_more_than_the_time_budget_leaves():
     plenty = SearchReporter(settings(NUM_SAMPLES=4, MAX_EPOCHS=3, GRACE_PERIOD=3, TIME_BUDGET="5h"), ["lr"], 1)
     assert plenty.status_line([trial]).endswith("| about 1h50m left")
     assert budget.status_line([]).endswith("left of the time budget")  # before any epoch is timed
+
+
+def test_the_main_spaces_table_fits_a_wide_terminal(tmp_path, capsys, local_ray):
+    """The main space is define-by-run, so no parameter was named for the table and Ray showed every key of the
+    config: 10 parameter columns, 234 characters."""
+    space = load_space(ROOT / "spaces" / "vgg_cifar100.py")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    config = study.ask(distributions(space)).params  # one of each, small floats printed at Ray's length
+    tune.Tuner(
+        one_result,
+        param_space={**config, "weight_decay": 0.000205476, "lr": 0.0398069},
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), progress_reporter=SearchReporter.for_space(space, 1), verbose=1
+        ),
+    ).fit()
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert table and max(len(line) for line in table) <= 170, "\n".join(table)
+    assert all(name in table[0] for name in list(distributions(space))[:TABLE_PARAMETERS])
