@@ -40,7 +40,7 @@ def _duration(seconds: float) -> str:
     )
 
 
-TABLE_PARAMETERS = 6  # parameter columns of the live table: with the metrics, about 160 characters
+TABLE_PARAMETERS = 6  # parameter columns of the live table: with the metrics, about 165 characters
 
 
 class SearchReporter(tune.CLIReporter):
@@ -66,8 +66,10 @@ class SearchReporter(tune.CLIReporter):
     @classmethod
     def for_space(cls, space: Space, concurrency: int) -> SearchReporter:
         """The table of a space's search: its first six searched parameters as columns, a define-by-run space's
-        too (with none named, Ray shows every key of the config: the main space's table was 234 characters wide)."""
-        return cls(space.settings, list(distributions(space))[:TABLE_PARAMETERS], concurrency)
+        too (with none named, Ray shows every key of the config: the main space's table was 234 characters wide),
+        less those fixed (FIXED, --set, --smoke)."""
+        searched = [name for name in distributions(space) if name not in space.fixed]
+        return cls(space.settings, searched[:TABLE_PARAMETERS], concurrency)
 
     def _print(self, msg: str) -> None:
         """In a terminal Ray prints each table below the last; a notebook cell would then grow a table every 30 s,
