@@ -62,11 +62,16 @@ def log_dataset(client: MlflowClient, run_id: str, splits: Splits, data_dir: str
     client.log_inputs(run_id, [DatasetInput(dataset(splits, data_dir), [InputTag(MLFLOW_DATASET_CONTEXT, "train")])])
 
 
+def dataset_inputs(client: MlflowClient, run_id: str) -> list[DatasetInput]:
+    """A run's dataset inputs, which its trials' runs repeat."""
+    inputs = client.get_run(run_id).inputs
+    return list(inputs.dataset_inputs) if inputs and inputs.dataset_inputs else []
+
+
 def inherit_dataset(client: MlflowClient, run_id: str, parent_run_id: str) -> None:
     """Gives a trial's run its parent's dataset inputs."""
-    inputs = client.get_run(parent_run_id).inputs
-    if inputs and inputs.dataset_inputs:
-        client.log_inputs(run_id, inputs.dataset_inputs)
+    if inputs := dataset_inputs(client, parent_run_id):
+        client.log_inputs(run_id, inputs)
 
 
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # the UI's "Copy share link": an experiment tag holding a view's state

@@ -38,7 +38,7 @@ from filelock import FileLock
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
-from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
+from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -57,8 +57,8 @@ STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAI
           "interrupted": "KILLED", "running": "RUNNING"}  # fmt: skip
 # Whole epochs, their best-so-far pair and their `epoch` and node_id tags in one request: MlflowClient.log_batch
 # splits anything bigger and sends the tags with the first part, which would let the tag claim epochs still on
-# their way.
-EPOCHS_PER_REQUEST = (MAX_ENTITIES_PER_BATCH - 2 - 2) // len(METRICS)
+# their way. Room is left for what `sync` sends with them: a new run's params and the outcome and error tags.
+EPOCHS_PER_REQUEST = (MAX_ENTITIES_PER_BATCH - MAX_PARAMS_TAGS_PER_BATCH - 2 - 2 - 2) // len(METRICS)
 RETRY_SECONDS = 30  # after a failed request, live logging rests this long before trying the store again
 
 
@@ -225,11 +225,15 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_run_id: str, sta
 
 
 def _create_run(client: MlflowClient, experiment_id: str, parent_run_id: str, stage: str, trial_id: str,
-                config: dict) -> str:  # fmt: skip
+                inputs: list, params: list[Param]) -> str:  # fmt: skip
+    """A trial's run with the parent's dataset `inputs` and, when given, its `params` (`sync` sends them with the
+    first epochs instead: one request less per trial)."""
     tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, "trial_id": trial_id, "stage": stage, "epoch": "0"}
     run = client.create_run(experiment_id, run_name=trial_id, tags={**mlflow_ui.run_tags(), **tags})
-    client.log_batch(run.info.run_id, params=params_of(config))
-    mlflow_ui.inherit_dataset(client, run.info.run_id, parent_run_id)
+    if params:
+        client.log_batch(run.info.run_id, params=params)
+    if inputs:
+        client.log_inputs(run.info.run_id, inputs)
     return run.info.run_id
 
 
@@ -279,23 +283,32 @@ def _finite(value: object) -> bool:
 
 
 def _log_epochs(client: MlflowClient, run_id: str, results: list[dict], ranking: Ranking,
-                earlier: tuple[float, int] | None = None, node_id: str = "") -> tuple[float, int] | None:  # fmt: skip
+                earlier: tuple[float, int] | None = None, node_id: str = "", params: list[Param] = (),
+                end_tags: list[RunTag] = ()) -> tuple[float, int] | None:  # fmt: skip
     """Logs consecutive epochs; each request carries the `epoch` tag of the last epoch it holds and the best
-    (value, epoch) so far, counting the `earlier` best of the epochs before these. Returns the best."""
-    best = earlier
-    for i in range(0, len(results), EPOCHS_PER_REQUEST):
+    (value, epoch) so far, counting the `earlier` best of the epochs before these. `params` go with the first
+    request, `end_tags` (see `_end_tags`) with the last. Returns the best."""
+    best, starts = earlier, range(0, len(results), EPOCHS_PER_REQUEST)
+    for i in starts:
         chunk = results[i : i + EPOCHS_PER_REQUEST]
         tags = [RunTag("epoch", str(chunk[-1]["epoch"]))] + ([RunTag("node_id", node_id)] if node_id else [])
         metrics = [m for r in chunk for m in _metrics(r)]
         if best := ranking.best(chunk, best):
             metrics += ranking.metrics(best, metrics[-1].timestamp if metrics else 0, int(chunk[-1]["epoch"]))
-        client.log_batch(run_id, metrics=metrics, tags=tags)
+        client.log_batch(run_id, metrics=metrics, params=list(params) if i == 0 else [],
+                         tags=tags + (list(end_tags) if i == starts[-1] else []))  # fmt: skip
     return best
 
 
-def _end_run(client: MlflowClient, run_id: str, outcome: str, error: str = "") -> None:
-    tags = [RunTag("outcome", outcome)] + ([RunTag("error", error[-5000:])] if error else [])
-    client.log_batch(run_id, tags=tags)
+def _end_tags(outcome: str, error: str = "") -> list[RunTag]:
+    return [RunTag("outcome", outcome)] + ([RunTag("error", error[-5000:])] if error else [])
+
+
+def _end_run(client: MlflowClient, run_id: str, outcome: str, error: str = "", tagged: bool = False) -> None:
+    """Ends a run as its trial ended: its `_end_tags` (unless they were `tagged` with its last epochs), then its
+    status."""
+    if not tagged:
+        client.log_batch(run_id, tags=_end_tags(outcome, error))
     if outcome == "running":
         client.update_run(run_id, status="RUNNING")
     else:
@@ -328,39 +341,46 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
         if trial_id not in trials:
             client.delete_run(run.info.run_id)
             changed["deleted"] += 1
+    inputs = None  # the parent's dataset inputs, which every new run repeats: read once
     for trial_id, trial in trials.items():
-        run = runs.get(trial_id)
+        run, params = runs.get(trial_id), []
+        if run is None:  # its params go with its first epochs
+            inputs = mlflow_ui.dataset_inputs(client, parent_run_id) if inputs is None else inputs
+            params = params_of(dict(trial.config))
         run_id = run.info.run_id if run else _create_run(client, experiment_id, parent_run_id, stage, trial_id,
-                                                         dict(trial.config))  # fmt: skip
+                                                         inputs, [])  # fmt: skip
         changed["created"] += run is None
         tagged = int(run.data.tags.get("epoch", 0)) if run else 0
         results = record.results(experiment_path, trial_id)
+        outcome = _outcome(trial, experiment_path, results[-1] if results else None, max_epochs)
+        ended = run and run.data.tags.get("outcome") == outcome and run.info.status == STATUS[outcome]
+        ended = ended and (outcome != "errored" or run.data.tags.get("error"))  # live logging ends without the trace
+        error = ""
+        if not ended and outcome == "errored" and not (run and run.data.tags.get("error")):
+            error, trace = record.error_trace(experiment_path, trial_id)
+            client.log_text(run_id, trace, "error.txt")
         # a driver killed mid-request can leave the `epoch` tag behind the metrics, and the record behind both;
         # the live logging of a resumed search trusts the tag, so a run left unended has its tag checked too
         unended = run is not None and run.info.status in ("RUNNING", "KILLED")
-        logged = (
-            _logged_epochs(client, run_id, tagged) if results and (results[-1]["epoch"] > tagged or unended) else tagged
-        )
+        behind = run is not None and results and (results[-1]["epoch"] > tagged or unended)  # a new run holds none
+        logged = _logged_epochs(client, run_id, tagged) if behind else tagged
         missing = [r for r in results if r["epoch"] > logged]
-        if missing:
+        if missing:  # with a new run's params, and how the trial ended (its status follows)
             earlier = ranking.best([r for r in results if r["epoch"] <= logged])
-            _log_epochs(client, run_id, missing, ranking, earlier)
+            _log_epochs(client, run_id, missing, ranking, earlier, params=params,
+                        end_tags=[] if ended else _end_tags(outcome, error))  # fmt: skip
             changed["epochs"] += len(missing)
-        elif logged > tagged:
-            client.set_tag(run_id, "epoch", str(logged))
+        else:
+            if params:  # a trial that reported nothing
+                client.log_batch(run_id, params=params)
+            if logged > tagged:
+                client.set_tag(run_id, "epoch", str(logged))
         best = ranking.best(results)
         if not missing and best and ranking.logged(run) != best:  # a run logged before runs held their best
             client.log_batch(run_id, metrics=ranking.metrics(best, int(time.time() * 1000), int(results[-1]["epoch"])))
-        outcome = _outcome(trial, experiment_path, results[-1] if results else None, max_epochs)
-        ended = run and run.data.tags.get("outcome") == outcome and run.info.status == STATUS[outcome]
-        if ended and (outcome != "errored" or run.data.tags.get("error")):  # live logging ends runs without the trace
-            continue
-        error = ""
-        if outcome == "errored" and not (run and run.data.tags.get("error")):
-            error, trace = record.error_trace(experiment_path, trial_id)
-            client.log_text(run_id, trace, "error.txt")
-        _end_run(client, run_id, outcome, error)
-        changed["ended"] += 1
+        if not ended:
+            _end_run(client, run_id, outcome, error, tagged=bool(missing))
+            changed["ended"] += 1
     return changed
 
 
@@ -406,6 +426,7 @@ class LiveTracking(tune.Callback):
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._rest_until = 0.0
+        self._inputs: list | None = None  # the parent's dataset inputs, which each new run repeats
 
     def __getstate__(self) -> dict:
         # Tune pickles callbacks into the experiment state; a client, a queue and a thread don't belong there.
@@ -492,8 +513,10 @@ class LiveTracking(tune.Callback):
         if trial_id in self._runs:  # resumed or retried: it continues its own run
             _end_run(self.client, self._runs[trial_id], "running")
             return
-        args = (self.client, self.experiment_id, self.parent_run_id, self.stage, trial_id, config)
-        self._runs[trial_id] = _create_run(*args)
+        if self._inputs is None:  # the parent's, read once
+            self._inputs = mlflow_ui.dataset_inputs(self.client, self.parent_run_id)
+        args = (self.client, self.experiment_id, self.parent_run_id, self.stage, trial_id, self._inputs)
+        self._runs[trial_id] = _create_run(*args, params_of(config))
         self._logged[trial_id], self._best[trial_id] = 0, None
 
     def _epoch(self, trial_id: str, results: list[dict]) -> None:
