@@ -17,6 +17,7 @@ lags at the end, `sync` into an empty store and into a full one, the summary and
 
     python -m bench.scale [--quick] [--sizes 100,500,2000] [--objectives single,multi] [--cpus 64]
     python -m bench.scale --variant no_forced_snapshot ...   # the same without Tune's forced snapshots (see `one`)
+    python -m bench.scale --variant every_epoch ...   # a checkpoint every epoch, as before CHECKPOINT_SECONDS
     python -m bench.scale --report   # the figures again, from bench/out/scale-*.json
 """
 
@@ -73,15 +74,23 @@ def fake_result(trial_id: str, config: dict, epoch: int) -> dict:
     }  # fmt: skip
 
 
-def trivial(config: dict) -> None:
-    """A trial that trains nothing: 10 epochs reported at once, each with a checkpoint, as the real one does."""
+def trivial(config: dict, rungs: tuple[int, ...] = (), checkpoint_seconds: float = 0.0) -> None:
+    """A trial that trains nothing: 10 epochs reported at once, with a checkpoint when the real one would make one
+    (`search.schedule.checkpoint_due`; `--variant every_epoch`: each epoch, as before CHECKPOINT_SECONDS)."""
     from ray import tune
 
-    trial_id = tune.get_context().get_trial_id()
+    from search.schedule import checkpoint_due
+
+    trial_id, saved = tune.get_context().get_trial_id(), time.monotonic()
     for epoch in range(1, config["epochs"] + 1):
+        result = fake_result(trial_id, config, epoch)
+        if not checkpoint_due(epoch, config["epochs"], rungs, time.monotonic() - saved, checkpoint_seconds):
+            tune.report(result)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             Path(folder, "checkpoint.pt").write_bytes(bytes(CHECKPOINT_BYTES))  # search.trainable's file name
-            tune.report(fake_result(trial_id, config, epoch), checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(folder))
+        saved = time.monotonic()
 
 
 # --- what the driver is timed by ---
@@ -205,6 +214,7 @@ def one(kind: str, trials: int, cpus: int, variant: str = "") -> dict:
     `variant` "no_forced_snapshot": the same with Tune's forced snapshots turned off, to measure what they cost.
     Tune saves the whole experiment state, and waits for it, whenever a trial has made `num_to_keep` checkpoints
     since the last save (build_tuner keeps 2): with many trials that is every few results, each save O(trials).
+    "every_epoch": CHECKPOINT_SECONDS = 0, a checkpoint every epoch (what every search did before that setting).
     """
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")  # as search.cluster sets it for the Ray it starts
     counter = Requests()
@@ -250,6 +260,8 @@ def one(kind: str, trials: int, cpus: int, variant: str = "") -> dict:
 
     out: dict = {"kind": kind, "variant": variant, "trials_asked": trials, "cpus": cpus}
     overrides = {"NUM_SAMPLES": trials, "MAX_CONCURRENT": cpus, "AUDIT_FRACTION": AUDIT_FRACTION, **OBJECTIVES[kind]}
+    if variant == "every_epoch":
+        overrides["CHECKPOINT_SECONDS"] = 0
     space = load_space(SPACE_FILE, overrides)
     s, ranking = space.settings, Ranking(space.settings.METRIC, space.settings.MODE)
     began = time.time()  # the search's start, for the summary's wall_seconds
@@ -449,7 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated numbers of trials")
     p.add_argument("--objectives", default="single,multi", help="single (METRIC), multi (OBJECTIVES), or both")
     p.add_argument("--cpus", type=int, default=CPUS, help="logical CPUs of the simulated node: trials at once")
-    p.add_argument("--variant", choices=("", "no_forced_snapshot"), default="", help="see `one`")
+    p.add_argument("--variant", choices=("", "no_forced_snapshot", "every_epoch"), default="", help="see `one`")
     p.add_argument("--report", action="store_true", help="print the figures of the runs saved in bench/out")
     p.add_argument("--one", choices=tuple(OBJECTIVES), help=argparse.SUPPRESS)  # one search, in this process
     p.add_argument("--trials", type=int, help=argparse.SUPPRESS)

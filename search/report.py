@@ -75,7 +75,9 @@ def trials_frame(results, space) -> pd.DataFrame:
         rows.append(row)
         frame = r.metrics_dataframe
         if frame is not None and "epoch" in frame:
-            curves[trial_id] = frame[["epoch", *[c for c in METRICS_MODES if c in frame]]]
+            # a trial resumed from a checkpoint before its last epochs reported them again: the later counts
+            curve = frame[["epoch", *[c for c in METRICS_MODES if c in frame]]]
+            curves[trial_id] = curve.drop_duplicates("epoch", keep="last").reset_index(drop=True)
     frame = pd.DataFrame(rows)
     for key in params:
         frame[key] = [(r.config or {}).get(key) for r in results]

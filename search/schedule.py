@@ -40,6 +40,17 @@ def rung_epochs(settings: Settings) -> list[int]:
     return epochs
 
 
+def checkpoint_due(epoch: int, last_epoch: int, rungs: tuple[int, ...], seconds_since: float, every: float) -> bool:
+    """Whether a trial checkpoints after this epoch.
+
+    Always at ASHA's rungs, the only epochs where it stops a trial (so a stopped trial's checkpoint is its last
+    epoch), and at the last epoch (the model a winner is); otherwise once `every` seconds have passed since the
+    trial's last checkpoint, or since it started (0: every epoch). Sparse checkpoints keep Tune from snapshotting
+    the whole experiment each time a trial makes `num_to_keep` of them, and keep uploads to remote storage small.
+    """
+    return epoch in rungs or epoch >= last_epoch or seconds_since >= every
+
+
 def expected_epochs(settings: Settings) -> float:
     """Epochs a trial runs on average under ASHA: all to the first rung, 1/REDUCTION_FACTOR past each next one.
 

@@ -66,7 +66,7 @@ class OptunaASHA(OptunaSearch):
         # Optuna keeps no intermediate values in a multi-objective study: ASHA alone acts on the epochs there
         if result.get("outcome") == "diverged" or trial_id in self._completed_trials or self.multi_objective:
             return
-        self._ot_trials[trial_id].report(result[self.metric], result["epoch"])
+        _report(self._ot_trials[trial_id], result[self.metric], result["epoch"])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -75,9 +75,7 @@ class OptunaASHA(OptunaSearch):
         outcome = outcome_of(result, self.max_epochs, error)
         if outcome in ("completed", "stopped_early") and not self.multi_objective:
             # Tune hands the result that made ASHA stop a trial to on_trial_complete only, not on_trial_result.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a step reported twice is ignored, with a warning
-                trial.report(result[self.metric], result["epoch"])
+            _report(trial, result[self.metric], result["epoch"])
         if outcome == "errored":
             self._ot_study.tell(trial, state=states.FAIL)
         elif outcome == "diverged":
@@ -113,6 +111,14 @@ class OptunaASHA(OptunaSearch):
         # Tune's experiment state, which Tune itself unpickles on restore.
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+def _report(trial: optuna.Trial, value: float, epoch: int) -> None:
+    """An epoch's value to Optuna; one reported again is ignored, without Optuna's warning. A trial resumed from a
+    checkpoint before its last epochs reports them again, and the result that made ASHA stop a trial comes twice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trial.report(value, epoch)
 
 
 class FixedParams:

@@ -55,6 +55,9 @@ class Settings:
     GPUS_PER_TRIAL: float = _setting(0.0, "GPUs per trial; fractions pack trials on one GPU")
     SEED: int = _setting(0, "seeds TPE, the data split and weight init")
     MAX_FAILURES: int = _setting(2, "retries of a crashed trial from its last checkpoint")
+    CHECKPOINT_SECONDS: float = _setting(60.0, "a trial checkpoints at ASHA's rungs and its last epoch, otherwise "
+                                         "once this many seconds have passed since its last checkpoint; "
+                                         "0 = every epoch")  # fmt: skip
     TIME_BUDGET: str = _setting("", "wall-clock limit of the search, e.g. 2h; empty = none")
     VAL_FRACTION: float = _setting(0.1, "of the training set, held out for validation")
     TRAIN_SUBSET: int = _setting(0, "train on this many images; 0 = all")
@@ -127,7 +130,7 @@ class Settings:
             return "GRACE_PERIOD", f"must not exceed MAX_EPOCHS ({self.MAX_EPOCHS})"
         if self.REDUCTION_FACTOR < 2:
             return "REDUCTION_FACTOR", "must be at least 2"
-        for name in ("MAX_CONCURRENT", "MAX_FAILURES", "TRAIN_SUBSET", "PATIENCE", "MIN_DELTA"):
+        for name in ("MAX_CONCURRENT", "MAX_FAILURES", "CHECKPOINT_SECONDS", "TRAIN_SUBSET", "PATIENCE", "MIN_DELTA"):
             if getattr(self, name) < 0:
                 return name, "must not be negative"
         if self.CPUS_PER_TRIAL < 1:

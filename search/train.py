@@ -405,7 +405,7 @@ def train(
         config: a TrainConfig, or a flat dict of its fields and model options.
         on_epoch: called after every epoch with the metrics dict (epoch, train_loss, train_acc, val_loss,
             val_acc, val_top5, lr, epoch_seconds, images_per_second) and the checkpoint state; the caller
-            decides whether to `save_checkpoint` it (the Tune wrapper does, every epoch). By default each epoch
+            decides whether to `save_checkpoint` it (the Tune wrapper does when one is due). By default each epoch
             prints its line (`format_metrics`), so a notebook's `train(...)` shows how it goes.
         resume: a checkpoint state or path; training continues after its epoch, exactly as if never stopped.
         splits: data already loaded (defaults to `load_data(config)`, which is cached per process).

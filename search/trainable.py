@@ -1,4 +1,5 @@
-"""The thin Tune wrapper over the plain trainer: one `tune.report` per epoch, with a checkpoint."""
+"""The thin Tune wrapper over the plain trainer: one `tune.report` per epoch, with a checkpoint when one is due
+(`search.schedule.checkpoint_due`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import ray
@@ -14,6 +16,7 @@ from ray import tune
 
 from models.cost import latency_ms
 from search.errors import UsageError
+from search.schedule import checkpoint_due
 from search.train import TrainConfig, load_checkpoint, resolve_device, save_checkpoint, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -56,11 +59,13 @@ def given_gpus(device: str) -> dict[str, str]:
     return {"gpu_ids": ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
-def trainable(config: dict) -> None:
+def trainable(config: dict, rungs: tuple[int, ...] = (), checkpoint_seconds: float = 0.0) -> None:
     """Trains one trial; Ray calls it in a worker process that stays alive across trials (actor reuse).
 
     Reports every epoch's metrics plus the trial's cost (`trial_cost`), `outcome` ('running', or 'diverged' on a
-    non-finite loss), the node and the GPUs Ray gave it (`given_gpus`).
+    non-finite loss), the node and the GPUs Ray gave it (`given_gpus`). Checkpoints at ASHA's `rungs`, the last
+    epoch and otherwise every `checkpoint_seconds` (`tune.with_parameters` passes both; 0 = every epoch). A trial
+    resumed from an earlier checkpoint reports the epochs since it again; the record keeps each epoch once.
     """
     # A grid over whole configs (the final retrains) arrives as one `variant` dict; `source_trial` only labels it.
     config = {**config, **config.get("variant", {})}
@@ -79,14 +84,22 @@ def trainable(config: dict) -> None:
     gpus = given_gpus(train_config.device)
     cost = trial_cost(train_config)
 
+    saved = time.monotonic()
+
     def report(metrics: dict, state: dict) -> None:
+        nonlocal saved
         metrics = dict(metrics, **cost, outcome="running", node_id=node_id, **gpus)
         if not math.isfinite(metrics["train_loss"]):
             # No checkpoint: nothing worth resuming from NaN weights.
             tune.report(dict(metrics, outcome="diverged"))
             return
+        if not checkpoint_due(metrics["epoch"], train_config.epochs, rungs, time.monotonic() - saved,
+                              checkpoint_seconds):  # fmt: skip
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as folder:
             save_checkpoint(Path(folder) / CHECKPOINT_FILE, state)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        saved = time.monotonic()
 
     train(train_config, on_epoch=report, resume=resume)

@@ -20,7 +20,7 @@ from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
 
 from search import record
-from search.schedule import converged_after, is_control
+from search.schedule import converged_after, is_control, rung_epochs
 from search.searcher import make_searcher
 from search.space import Space
 
@@ -146,7 +146,8 @@ def build_tuner(
 
     Args:
         space: the loaded space file: resources, budget, ASHA's rungs and the searcher come from its settings.
-        trainable: the function each trial runs.
+        trainable: the function each trial runs, `trainable(config, rungs, checkpoint_seconds)`: ASHA's rung
+            epochs (none for the final retrains) and CHECKPOINT_SECONDS, for `search.schedule.checkpoint_due`.
         path: the experiment's folder, storage/name.
         param_space: what every trial gets; for the final retrains, a grid over whole configs.
         max_concurrent: trials at once.
@@ -156,7 +157,9 @@ def build_tuner(
         warm_start: trials of an earlier search TPE starts from (see `search.searcher.warm_trials`).
     """
     s = space.settings
-    fn = tune.with_resources(trainable, {"cpu": s.CPUS_PER_TRIAL, "gpu": s.GPUS_PER_TRIAL})
+    rungs = tuple(rung_epochs(s)) if search else ()
+    fn = tune.with_parameters(trainable, rungs=rungs, checkpoint_seconds=s.CHECKPOINT_SECONDS)
+    fn = tune.with_resources(fn, {"cpu": s.CPUS_PER_TRIAL, "gpu": s.GPUS_PER_TRIAL})
     if record.has_snapshot(path):
         if search:
             _run_to(path, s.NUM_SAMPLES)

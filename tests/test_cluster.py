@@ -819,7 +819,8 @@ def test_a_search_on_s3_uses_both_nodes_and_survives_losing_one(ray_cluster, s3,
     env = ray_cluster.env(**{k: v for k, v in s3.items() if k.startswith("AWS_")})  # the user's shell: S3's keys
     cmd = [sys.executable, "-m", "search.run", ROOT / SPACE, "--smoke", "--name", name, "--address", ray_cluster.gcs,
            "--storage", storage, "--tracking-uri", uri, "--data-dir", str(data_dir), *RUN_OPTIONS, "--set",
-           "NUM_SAMPLES=3", "--set", f"MAX_EPOCHS={LOST_EPOCHS}", "--set", f"GRACE_PERIOD={LOST_EPOCHS}"]  # fmt: skip
+           "NUM_SAMPLES=3", "--set", f"MAX_EPOCHS={LOST_EPOCHS}", "--set", f"GRACE_PERIOD={LOST_EPOCHS}",
+           "--set", "CHECKPOINT_SECONDS=0"]  # fmt: skip
     log = work / "driver.log"
     with open(log, "w") as out:
         driver = subprocess.Popen(cmd, env=env, cwd=work, stdout=out, stderr=subprocess.STDOUT)

@@ -14,6 +14,9 @@ import pytest
 from helpers import children, free_port, wait_for
 from mlflow.tracking import MlflowClient
 
+from search.searcher import load_study
+from search.train import load_checkpoint
+
 pytestmark = pytest.mark.slow  # whole searches and clusters: minutes; `make test-fast` leaves them out
 
 ROOT = Path(__file__).parents[1]
@@ -43,6 +46,7 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit
     cmd = search_cmd(
         data_dir, tmp_path, "--name", "crash", "--set", "NUM_SAMPLES=2", "--set", "MAX_EPOCHS=5",
         "--set", "GRACE_PERIOD=5", "--set", "MAX_CONCURRENT=1", "--set", f"MAX_FAILURES={max_failures}",
+        "--set", "CHECKPOINT_SECONDS=0",  # a checkpoint every epoch: the kill comes after the second
     )  # fmt: skip
     driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = tmp_path / "runs" / "crash"
@@ -70,6 +74,48 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit
         assert run.info.status in ("FINISHED", "FAILED")
         steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "val_acc")]
         assert steps == sorted(set(steps)), steps  # no epoch logged twice
+
+
+def test_a_trial_checkpoints_at_rungs_and_its_end_and_a_crash_redoes_the_epochs_since_once_each(data_dir, tmp_path):
+    """CHECKPOINT_SECONDS (60 s by default, more than this trial's 8 epochs take): the trial checkpoints at ASHA's
+    rung (epoch 2) and its last epoch only; each checkpoint before counted towards Tune's forced snapshots of the
+    whole experiment (issue 19). Killed after epoch 4, it resumes from epoch 2 and trains epochs 3 and 4 again:
+    Tune's record has them twice, MLflow and Optuna once each."""
+    cmd = search_cmd(
+        data_dir, tmp_path, "--name", "sparse", "--set", "NUM_SAMPLES=1", "--set", "MAX_EPOCHS=8",
+        "--set", "GRACE_PERIOD=2", "--set", "REDUCTION_FACTOR=4", "--set", "AUDIT_FRACTION=0",
+        "--set", "width1=32", "--set", "width2=64",  # a wider net: epochs of seconds, not a fraction of one
+    )  # fmt: skip
+    driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "runs" / "sparse"
+
+    def epochs() -> list[int]:
+        return [json.loads(line)["epoch"] for f in runs.glob("*/result.json") for line in f.read_text().splitlines()]
+
+    wait_for(lambda: len(epochs()) >= 4, 300, "the trial's fourth epoch", proc=driver, interval=0.1)
+    workers = [
+        p for p in psutil.Process(driver.pid).children(recursive=True) if "ImplicitFunc" in " ".join(p.cmdline())
+    ]
+    assert workers, "found no trial worker under the driver"
+    for worker in workers:
+        worker.kill()  # SIGKILL mid-epoch 5 (or mid-epoch 6 on a slow machine)
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, err[-3000:]
+
+    reported = epochs()
+    assert sorted(set(reported)) == list(range(1, 9)) and reported[-1] == 8, reported
+    assert reported.count(2) == 1 and reported.count(3) == 2 and reported.count(4) == 2, reported  # from epoch 2
+    (trial,) = [p for p in runs.iterdir() if (p / "result.json").exists()]
+    kept = sorted(load_checkpoint(c / "checkpoint.pt")["epoch"] for c in trial.glob("checkpoint_*"))
+    assert kept == [2, 8], kept  # Tune keeps the last two: the rung's and the last epoch's, nothing between
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    (run,) = trial_runs(uri)
+    assert (run.info.status, run.data.tags["outcome"]) == ("FINISHED", "completed")
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "val_acc")]
+    assert steps == list(range(1, 9)), steps  # each epoch once
+    (study_trial,) = load_study(runs).trials
+    assert sorted(study_trial.intermediate_values) == list(range(1, 9))
 
 
 def test_an_unreachable_tracking_server_refuses_to_start(data_dir, tmp_path):

@@ -140,6 +140,7 @@ def test_an_s3_outage_mid_search_stops_it_with_one_line_and_a_resume_once_it_is_
         sys.executable, "-m", "search.run", SPACE, "--smoke", "--quiet", "--storage", f"s3://{BUCKET}/runs",
         "--tracking-uri", uri, "--data-dir", str(smoke_data_dir), "--name", "outage",
         "--set", "MAX_EPOCHS=5", "--set", "GRACE_PERIOD=5", "--set", "MAX_CONCURRENT=2",
+        "--set", "CHECKPOINT_SECONDS=0",  # a checkpoint every epoch: the outage comes mid-trial
     ]  # fmt: skip
     driver, log = start_until_two_checkpoints(cmd, env, tmp_path, s3, f"{BUCKET}/runs/outage")
     link.cut()  # S3 keeps what it holds; the search can no longer reach it

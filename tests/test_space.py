@@ -75,6 +75,7 @@ def test_overrides_fix_a_parameter_or_change_a_setting(tmp_path):
             "every architecture",
         ),
         (GOOD + "MAX_MACS = -1\n", r"MAX_MACS=-1.0: must not be negative"),
+        (GOOD + "CHECKPOINT_SECONDS = -5\n", r"CHECKPOINT_SECONDS=-5.0: must not be negative"),
         (GOOD + "OBJECTIVES = {'val_acc': 'max'}\n", r"OBJECTIVES=.*: .*needs at least two objectives"),
         (GOOD + "OBJECTIVES = {'val_acc': 'max', 'flops': 'min'}\n", r"OBJECTIVES=.*unknown objective 'flops'"),
         (GOOD + "OBJECTIVES = {'val_acc': 'max', 'macs': 'low'}\n", r"OBJECTIVES=.*macs: direction 'low'"),
