@@ -153,6 +153,11 @@ class Link:
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
+    def retarget(self, url: str) -> None:
+        """New connections reach the server at `url` instead: another server came back at the same address."""
+        host, _, port = url.removeprefix("http://").partition(":")
+        self.target = (host, int(port))
+
     def cut(self) -> None:
         """Refuses new connections and breaks every open one, as a lost route does."""
         listener, self._listener = self._listener, None

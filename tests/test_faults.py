@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from helpers import children, free_port, wait_for
+from helpers import Link, children, free_port, wait_for
 from mlflow.tracking import MlflowClient
 
 from search.searcher import load_study
@@ -39,6 +39,14 @@ def trial_runs(uri: str) -> list:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("vgg_fashion_mnist")
     return client.search_runs([experiment.experiment_id], filter_string="tags.trial_id != ''")
+
+
+def reported_epochs(runs: Path) -> dict[str, list[int]]:
+    """Each trial's epochs as Tune recorded them (result.json), in order: a resumed trial's again."""
+    return {
+        f.parent.name: [json.loads(line)["epoch"] for line in f.read_text().splitlines()]
+        for f in runs.glob("*/result.json")
+    }
 
 
 @pytest.mark.parametrize("max_failures", [1, 0])
@@ -89,10 +97,8 @@ def test_a_trial_checkpoints_at_rungs_and_its_end_and_a_crash_redoes_the_epochs_
     driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = tmp_path / "runs" / "sparse"
 
-    def epochs() -> list[int]:
-        return [json.loads(line)["epoch"] for f in runs.glob("*/result.json") for line in f.read_text().splitlines()]
-
-    wait_for(lambda: len(epochs()) >= 4, 300, "the trial's fourth epoch", proc=driver, interval=0.1)
+    fourth = lambda: sum(map(len, reported_epochs(runs).values())) >= 4  # noqa: E731
+    wait_for(fourth, 300, "the trial's fourth epoch", proc=driver, interval=0.1)
     workers = [
         p for p in psutil.Process(driver.pid).children(recursive=True) if "ImplicitFunc" in " ".join(p.cmdline())
     ]
@@ -102,7 +108,7 @@ def test_a_trial_checkpoints_at_rungs_and_its_end_and_a_crash_redoes_the_epochs_
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err[-3000:]
 
-    reported = epochs()
+    (reported,) = reported_epochs(runs).values()
     assert sorted(set(reported)) == list(range(1, 9)) and reported[-1] == 8, reported
     assert reported.count(2) == 1 and reported.count(3) == 2 and reported.count(4) == 2, reported  # from epoch 2
     (trial,) = [p for p in runs.iterdir() if (p / "result.json").exists()]
@@ -190,29 +196,39 @@ class MlflowServer:
         import os
         import signal
 
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 @pytest.mark.parametrize("comes_back", ["mid_search", "after_the_search"])
 def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, monkeypatch):
+    """The tracking server dies (SIGKILL: requests in flight are lost) at a trial's first checkpoint, and another
+    server on the same store comes back at the same address: mid-search, once another trial has ended; or after
+    the search, which ends with exit 1 and then resumes. The search reaches the server through a `Link`, and the
+    second server boots beside the first before the outage, so the outage lasts as long as the test says, not as
+    long as a server takes to boot (about 30 s on a loaded 2-core machine, which the search had to outlast)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down; the search retries
-    server = MlflowServer(tmp_path)
-    server.start()
+    first, second = MlflowServer(tmp_path), MlflowServer(tmp_path)
+    first.start()
+    link = Link(first.uri)
     try:
-        if comes_back == "mid_search":  # 6 trials x 10 epochs of a wider net, none stopped early: longer than the
-            # server takes to boot. 4 epochs (about 32 s of trials) once took less than a boot beside another test.
-            sets = ["NUM_SAMPLES=6", "MAX_EPOCHS=10", "GRACE_PERIOD=10", "MAX_CONCURRENT=1", "width1=32", "width2=64"]
+        if comes_back == "mid_search":  # a wider net, for epochs of seconds; a checkpoint every epoch
+            sets = ["NUM_SAMPLES=4", "MAX_EPOCHS=3", "GRACE_PERIOD=3", "MAX_CONCURRENT=1", "width1=32", "width2=64",
+                    "CHECKPOINT_SECONDS=0"]  # fmt: skip
         else:  # the server leaves at the first checkpoint: any search outlasts that
             sets = ["NUM_SAMPLES=3", "MAX_EPOCHS=2", "GRACE_PERIOD=2", "MAX_CONCURRENT=1"]
         cmd = search_cmd(data_dir, tmp_path, "--name", "outage", *[a for s in sets for a in ("--set", s)])
-        cmd[cmd.index("--tracking-uri") + 1] = server.uri
+        cmd[cmd.index("--tracking-uri") + 1] = link.url
         driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        second.start()  # while the search starts
         runs = tmp_path / "runs" / "outage"
         wait_for(lambda: list(runs.glob("*/checkpoint_000000")), 300, "a checkpoint", proc=driver, interval=0.2)
-        server.stop()  # trials go on training while the tracking server is away
+        first.stop()  # trials go on training while the tracking server is away
         if comes_back == "mid_search":
-            server.start()  # it is away while it boots (about 30 s on a loaded 2-core machine)
+            ended = lambda: sum(3 in e for e in reported_epochs(runs).values()) >= 2  # noqa: E731
+            wait_for(ended, 300, "a second trial's end, during the outage", proc=driver, interval=0.2)
+            link.retarget(second.uri)
             assert driver.poll() is None, "the search ended before the server was back: make it longer"
             _, err = driver.communicate(timeout=600)
             assert driver.returncode == 0, err[-3000:]
@@ -220,15 +236,15 @@ def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, 
             _, err = driver.communicate(timeout=600)
             assert driver.returncode == 1
             assert "--resume --name outage" in err.strip().splitlines()[-1]  # how to complete the runs
-            server.start()
+            link.retarget(second.uri)
             resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
             assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-        client = MlflowClient(server.uri)
+        client = MlflowClient(link.url)
         experiment = client.get_experiment_by_name("vgg_fashion_mnist")
         (parent,) = client.search_runs([experiment.experiment_id], filter_string="tags.smoke = 'True'")
         assert parent.info.status == "FINISHED" and "test_acc" in parent.data.metrics
-        kids = trial_runs(server.uri)
+        kids = trial_runs(link.url)
         trials = int(sets[0].split("=")[1])
         assert len(kids) == trials and len({k.data.tags["trial_id"] for k in kids}) == trials
         for kid in kids:
@@ -236,4 +252,6 @@ def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, 
             steps = [m.step for m in client.get_metric_history(kid.info.run_id, "val_acc")]
             assert steps == list(range(1, int(kid.data.tags["epoch"]) + 1)), steps  # complete, none twice
     finally:
-        server.stop()
+        link.cut()
+        for server in (first, second):
+            server.stop()
