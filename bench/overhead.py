@@ -72,7 +72,7 @@ def start_number(counter: str) -> int:
     return number
 
 
-def trivial(config: dict, rungs: tuple[int, ...] = (), checkpoint_seconds: float = 0.0) -> None:
+def trivial(config: dict, checkpoint_seconds: float = 0.0) -> None:
     """Reports made-up epochs and no checkpoint (`build_tuner` passes every trainable its checkpoint policy)."""
     from ray import tune
 

@@ -18,6 +18,7 @@ lags at the end, `sync` into an empty store and into a full one, the summary and
     python -m bench.scale [--quick] [--sizes 100,500,2000] [--objectives single,multi] [--cpus 64]
     python -m bench.scale --variant no_forced_snapshot ...   # the same without Tune's forced snapshots (see `one`)
     python -m bench.scale --variant every_epoch ...   # a checkpoint every epoch, as before CHECKPOINT_SECONDS
+    python -m bench.scale --variant serial_sync ...   # sync one trial at a time, as before SYNC_THREADS
     python -m bench.scale --report   # the figures again, from bench/out/scale-*.json
 """
 
@@ -74,7 +75,7 @@ def fake_result(trial_id: str, config: dict, epoch: int) -> dict:
     }  # fmt: skip
 
 
-def trivial(config: dict, rungs: tuple[int, ...] = (), checkpoint_seconds: float = 0.0) -> None:
+def trivial(config: dict, checkpoint_seconds: float = 0.0) -> None:
     """A trial that trains nothing: 10 epochs reported at once, with a checkpoint when the real one would make one
     (`search.schedule.checkpoint_due`; `--variant every_epoch`: each epoch, as before CHECKPOINT_SECONDS)."""
     from ray import tune
@@ -84,7 +85,7 @@ def trivial(config: dict, rungs: tuple[int, ...] = (), checkpoint_seconds: float
     trial_id, saved = tune.get_context().get_trial_id(), time.monotonic()
     for epoch in range(1, config["epochs"] + 1):
         result = fake_result(trial_id, config, epoch)
-        if not checkpoint_due(epoch, config["epochs"], rungs, time.monotonic() - saved, checkpoint_seconds):
+        if not checkpoint_due(epoch, config["epochs"], time.monotonic() - saved, checkpoint_seconds):
             tune.report(result)
             continue
         with tempfile.TemporaryDirectory() as folder:
@@ -215,6 +216,7 @@ def one(kind: str, trials: int, cpus: int, variant: str = "") -> dict:
     Tune saves the whole experiment state, and waits for it, whenever a trial has made `num_to_keep` checkpoints
     since the last save (build_tuner keeps 2): with many trials that is every few results, each save O(trials).
     "every_epoch": CHECKPOINT_SECONDS = 0, a checkpoint every epoch (what every search did before that setting).
+    "serial_sync": `sync` writes one trial at a time into the server (SYNC_THREADS = 1), as it did before.
     """
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")  # as search.cluster sets it for the Ray it starts
     counter = Requests()
@@ -260,6 +262,10 @@ def one(kind: str, trials: int, cpus: int, variant: str = "") -> dict:
 
     out: dict = {"kind": kind, "variant": variant, "trials_asked": trials, "cpus": cpus}
     overrides = {"NUM_SAMPLES": trials, "MAX_CONCURRENT": cpus, "AUDIT_FRACTION": AUDIT_FRACTION, **OBJECTIVES[kind]}
+    if variant == "serial_sync":
+        import search.tracking
+
+        search.tracking.SYNC_THREADS = 1
     if variant == "every_epoch":
         overrides["CHECKPOINT_SECONDS"] = 0
     space = load_space(SPACE_FILE, overrides)
@@ -461,7 +467,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated numbers of trials")
     p.add_argument("--objectives", default="single,multi", help="single (METRIC), multi (OBJECTIVES), or both")
     p.add_argument("--cpus", type=int, default=CPUS, help="logical CPUs of the simulated node: trials at once")
-    p.add_argument("--variant", choices=("", "no_forced_snapshot", "every_epoch"), default="", help="see `one`")
+    variants = ("", "no_forced_snapshot", "every_epoch", "serial_sync")
+    p.add_argument("--variant", choices=variants, default="", help="see `one`")
     p.add_argument("--report", action="store_true", help="print the figures of the runs saved in bench/out")
     p.add_argument("--one", choices=tuple(OBJECTIVES), help=argparse.SUPPRESS)  # one search, in this process
     p.add_argument("--trials", type=int, help=argparse.SUPPRESS)

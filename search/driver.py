@@ -293,8 +293,7 @@ def finish(job: SearchJob, results: tune.ResultGrid, final_top_k: int, final_fro
     s = job.space.settings
     frame = report.trials_frame(results, job.space)
     done = frame[frame.outcome == "completed"]
-    # A time budget may stop them all, one before its first checkpoint too (CHECKPOINT_SECONDS): no model to test
-    pool = done if len(done) else frame[(frame.outcome == "stopped_early") & (frame.checkpoint != "")]
+    pool = done if len(done) else report.as_of_checkpoint(frame)  # a time budget may stop them all
     if pool.empty:
         first = next((r.error for r in results if r.error is not None), None)
         counts = ", ".join(f"{n} {o}" for o, n in frame.outcome.value_counts().items())

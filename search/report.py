@@ -71,6 +71,7 @@ def trials_frame(results, space) -> pd.DataFrame:
             "seconds": last.get("time_total_s", 0.0),
             "ended": last.get("timestamp", 0),
             "checkpoint": record.checkpoint_uri(r.checkpoint) if r.checkpoint else "",
+            "checkpoint_epoch": max((m.get("epoch", 0) for _, m in r.best_checkpoints or []), default=0),
         }
         rows.append(row)
         frame = r.metrics_dataframe
@@ -83,6 +84,21 @@ def trials_frame(results, space) -> pd.DataFrame:
         frame[key] = [(r.config or {}).get(key) for r in results]
     frame.attrs["params"], frame.attrs["curves"], frame.attrs["configs"] = params, curves, configs
     return frame
+
+
+def as_of_checkpoint(frame: pd.DataFrame) -> pd.DataFrame:
+    """The stopped trials that have a checkpoint, each with its metrics at that checkpoint's epoch: what a winner
+    among them is when a time budget stopped every trial, since a trial's last checkpoint can be up to
+    CHECKPOINT_SECONDS older than its last epoch (`search.schedule.checkpoint_due`)."""
+    curves = frame.attrs["curves"]
+    rows = frame[(frame.outcome == "stopped_early") & (frame.checkpoint_epoch > 0) & frame.trial_id.isin(list(curves))]
+    rows = rows.copy()
+    for i, row in rows.iterrows():
+        curve = curves[row.trial_id]
+        at = curve[curve.epoch == row.checkpoint_epoch].iloc[-1]
+        for key in curve.columns:
+            rows.at[i, key] = at[key]
+    return rows
 
 
 def trial_config(frame: pd.DataFrame, trial_id: str) -> dict:
@@ -453,7 +469,7 @@ def log_to_parent(client, run_id: str, space, frame: pd.DataFrame, pool, study, 
     import matplotlib.pyplot as plt  # Optuna's plots draw through pyplot; they are closed once logged
 
     metric = space.settings.METRIC
-    client.log_text(run_id, frame.drop(columns=["checkpoint"]).to_csv(index=False), "trials.csv")
+    client.log_text(run_id, frame.drop(columns=["checkpoint", "checkpoint_epoch"]).to_csv(index=False), "trials.csv")
     summary_json = json.dumps(_finite(json.loads(json.dumps(summary, default=str))), indent=2, allow_nan=False)
     client.log_text(run_id, summary_json, "summary.json")
     client.log_text(run_id, format_summary(summary), "summary.txt")

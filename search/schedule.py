@@ -40,15 +40,16 @@ def rung_epochs(settings: Settings) -> list[int]:
     return epochs
 
 
-def checkpoint_due(epoch: int, last_epoch: int, rungs: tuple[int, ...], seconds_since: float, every: float) -> bool:
-    """Whether a trial checkpoints after this epoch.
+def checkpoint_due(epoch: int, last_epoch: int, seconds_since: float, every: float) -> bool:
+    """Whether a trial checkpoints after this epoch: at its last (the model a winner is), and otherwise once `every`
+    seconds have passed since its last checkpoint, or since it started (0: every epoch).
 
-    Always at ASHA's rungs, the only epochs where it stops a trial (so a stopped trial's checkpoint is its last
-    epoch), and at the last epoch (the model a winner is); otherwise once `every` seconds have passed since the
-    trial's last checkpoint, or since it started (0: every epoch). Sparse checkpoints keep Tune from snapshotting
-    the whole experiment each time a trial makes `num_to_keep` of them, and keep uploads to remote storage small.
+    Tune snapshots the whole experiment, O(trials), each time a trial has made `num_to_keep` (2) checkpoints since
+    the last snapshot; with a checkpoint every epoch that was most of the driver's work in a search of many trials
+    of short epochs (issue 19). Checkpoints at ASHA's rungs would keep that: a trial's rungs follow each other
+    within seconds there. A trial ASHA stops keeps the model of its last checkpoint, not of its last epoch.
     """
-    return epoch in rungs or epoch >= last_epoch or seconds_since >= every
+    return epoch >= last_epoch or seconds_since >= every
 
 
 def expected_epochs(settings: Settings) -> float:

@@ -55,9 +55,8 @@ class Settings:
     GPUS_PER_TRIAL: float = _setting(0.0, "GPUs per trial; fractions pack trials on one GPU")
     SEED: int = _setting(0, "seeds TPE, the data split and weight init")
     MAX_FAILURES: int = _setting(2, "retries of a crashed trial from its last checkpoint")
-    CHECKPOINT_SECONDS: float = _setting(60.0, "a trial checkpoints at ASHA's rungs and its last epoch, otherwise "
-                                         "once this many seconds have passed since its last checkpoint; "
-                                         "0 = every epoch")  # fmt: skip
+    CHECKPOINT_SECONDS: float = _setting(60.0, "a trial checkpoints at its last epoch, and before it once this many "
+                                         "seconds have passed since its last checkpoint; 0 = every epoch")  # fmt: skip
     TIME_BUDGET: str = _setting("", "wall-clock limit of the search, e.g. 2h; empty = none")
     VAL_FRACTION: float = _setting(0.1, "of the training set, held out for validation")
     TRAIN_SUBSET: int = _setting(0, "train on this many images; 0 = all")

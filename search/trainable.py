@@ -59,12 +59,12 @@ def given_gpus(device: str) -> dict[str, str]:
     return {"gpu_ids": ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
-def trainable(config: dict, rungs: tuple[int, ...] = (), checkpoint_seconds: float = 0.0) -> None:
+def trainable(config: dict, checkpoint_seconds: float = 0.0) -> None:
     """Trains one trial; Ray calls it in a worker process that stays alive across trials (actor reuse).
 
     Reports every epoch's metrics plus the trial's cost (`trial_cost`), `outcome` ('running', or 'diverged' on a
-    non-finite loss), the node and the GPUs Ray gave it (`given_gpus`). Checkpoints at ASHA's `rungs`, the last
-    epoch and otherwise every `checkpoint_seconds` (`tune.with_parameters` passes both; 0 = every epoch). A trial
+    non-finite loss), the node and the GPUs Ray gave it (`given_gpus`). Checkpoints at the last epoch and otherwise
+    every `checkpoint_seconds` (CHECKPOINT_SECONDS, which `tune.with_parameters` passes; 0 = every epoch). A trial
     resumed from an earlier checkpoint reports the epochs since it again; the record keeps each epoch once.
     """
     # A grid over whole configs (the final retrains) arrives as one `variant` dict; `source_trial` only labels it.
@@ -93,8 +93,7 @@ def trainable(config: dict, rungs: tuple[int, ...] = (), checkpoint_seconds: flo
             # No checkpoint: nothing worth resuming from NaN weights.
             tune.report(dict(metrics, outcome="diverged"))
             return
-        if not checkpoint_due(metrics["epoch"], train_config.epochs, rungs, time.monotonic() - saved,
-                              checkpoint_seconds):  # fmt: skip
+        if not checkpoint_due(metrics["epoch"], train_config.epochs, time.monotonic() - saved, checkpoint_seconds):
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory() as folder:

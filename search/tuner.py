@@ -20,7 +20,7 @@ from ray.tune.search import SearchGenerator
 from ray.tune.utils.util import _atomic_save, _load_newest_checkpoint
 
 from search import record
-from search.schedule import converged_after, is_control, rung_epochs
+from search.schedule import converged_after, is_control
 from search.searcher import make_searcher
 from search.space import Space
 
@@ -146,8 +146,8 @@ def build_tuner(
 
     Args:
         space: the loaded space file: resources, budget, ASHA's rungs and the searcher come from its settings.
-        trainable: the function each trial runs, `trainable(config, rungs, checkpoint_seconds)`: ASHA's rung
-            epochs (none for the final retrains) and CHECKPOINT_SECONDS, for `search.schedule.checkpoint_due`.
+        trainable: the function each trial runs, `trainable(config, checkpoint_seconds)`: CHECKPOINT_SECONDS, for
+            `search.schedule.checkpoint_due`.
         path: the experiment's folder, storage/name.
         param_space: what every trial gets; for the final retrains, a grid over whole configs.
         max_concurrent: trials at once.
@@ -157,8 +157,7 @@ def build_tuner(
         warm_start: trials of an earlier search TPE starts from (see `search.searcher.warm_trials`).
     """
     s = space.settings
-    rungs = tuple(rung_epochs(s)) if search else ()
-    fn = tune.with_parameters(trainable, rungs=rungs, checkpoint_seconds=s.CHECKPOINT_SECONDS)
+    fn = tune.with_parameters(trainable, checkpoint_seconds=s.CHECKPOINT_SECONDS)
     fn = tune.with_resources(fn, {"cpu": s.CPUS_PER_TRIAL, "gpu": s.GPUS_PER_TRIAL})
     if record.has_snapshot(path):
         if search:

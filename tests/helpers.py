@@ -1,11 +1,12 @@
 """What many test files need: a free port, polling with a deadline, a parent run's trial runs, the smoke data, a
-real S3 server (moto's)."""
+real S3 server (moto's), a real MLflow server, a network link to cut."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -130,6 +131,46 @@ def _s3(env: dict):
 
     return pyarrow.fs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], access_key=env["AWS_ACCESS_KEY_ID"],
                                    secret_key=env["AWS_SECRET_ACCESS_KEY"], region="us-east-1")  # fmt: skip
+
+
+class MlflowServer:
+    """A real `mlflow server` on loopback (one worker, a SQLite store and an artifact folder under `root`) that a
+    test can stop (SIGKILL, as a crash) and start again; a second one on the same `root` shares the store."""
+
+    def __init__(self, root: Path) -> None:
+        self.port, self.root, self.proc = free_port(), root, None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.launch()
+        self.wait()
+
+    def launch(self) -> None:
+        """Starts the server without waiting for it (`wait`): two servers boot at once."""
+        cmd = [
+            str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--backend-store-uri", f"sqlite:///{self.root}/server.db",
+            "--artifacts-destination", str(self.root / "art"), "--workers", "1",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def wait(self) -> None:
+        """Returns once the server answers."""
+        from mlflow.tracking import MlflowClient
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                MlflowClient(self.uri).search_experiments(max_results=1)
+                return
+            except Exception:
+                assert self.proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 class Link:

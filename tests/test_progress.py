@@ -31,12 +31,12 @@ def test_rungs_and_expected_epochs_follow_asha():
     assert expected_epochs(audited) == pytest.approx(0.5 * 27 + 0.5 * expected_epochs(s))
 
 
-def test_a_trial_checkpoints_at_the_rungs_its_last_epoch_and_otherwise_every_checkpoint_seconds():
-    rungs, last = (1, 3, 9), 27
-    assert [e for e in range(1, last + 1) if checkpoint_due(e, last, rungs, 5.0, 60.0)] == [1, 3, 9, 27]
-    assert all(checkpoint_due(e, last, rungs, 60.0, 60.0) for e in range(1, last + 1))  # the time has come
-    assert all(checkpoint_due(e, last, (), 0.0, 0.0) for e in range(1, last + 1))  # 0: every epoch
-    assert checkpoint_due(30, last, rungs, 0.0, 60.0)  # a trial given more epochs than the search's last: its end
+def test_a_trial_checkpoints_at_its_last_epoch_and_otherwise_every_checkpoint_seconds():
+    last = 27
+    assert [e for e in range(1, last + 1) if checkpoint_due(e, last, 5.0, 60.0)] == [27]  # none at ASHA's rungs
+    assert all(checkpoint_due(e, last, 60.0, 60.0) for e in range(1, last + 1))  # the time has come
+    assert all(checkpoint_due(e, last, 0.0, 0.0) for e in range(1, last + 1))  # 0: every epoch
+    assert checkpoint_due(30, last, 0.0, 60.0)  # a trial given more epochs than the search's last: its end
 
 
 def test_cost_line_names_the_budget():

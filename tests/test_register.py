@@ -9,10 +9,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from helpers import MlflowServer
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_model_name
@@ -189,31 +189,12 @@ def tracking_uri(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/mlflow.db"
         return
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art"),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
+    server = MlflowServer(tmp_path)
+    server.start()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                MlflowClient(uri).search_experiments(max_results=1)
-                break
-            except MlflowException:
-                assert server.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
-                time.sleep(1)
-        yield uri
+        yield server.uri
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
 
 
 LOAD = """

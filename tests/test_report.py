@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from IPython.core.formatters import DisplayFormatter
 from mlflow.tracking import MlflowClient
-from ray.tune import Result
+from ray.tune import Checkpoint, Result
 
 from search.driver import SearchResult
 from search.record import write_best_config
 from search.report import (
     MIN_AUDIT_TRIALS,
+    as_of_checkpoint,
     audit,
     format_summary,
     log_to_parent,
@@ -231,6 +232,30 @@ def test_a_time_budget_counts_trials_that_never_started_and_those_that_got_no_ep
     assert summary["trials"] == 5
     assert summary["epochs_trained"] == 4 and summary["epochs_if_all_full"] == 6  # the 3 trials that ran
     assert "trials      completed 2  no_epoch 1  not_started 2" in format_summary(summary)
+
+
+def test_when_a_time_budget_stopped_every_trial_the_winner_is_judged_by_its_checkpoints_epoch(tmp_path):
+    """A trial checkpoints at its last epoch and otherwise every CHECKPOINT_SECONDS, so one the time budget stopped
+    may have trained past its last checkpoint: ranked by its last epoch, the winner's val_acc would be one its model
+    never had, and a trial with no checkpoint would have no model to test."""
+    space = load_space(SPACE, {"MAX_EPOCHS": 5}, smoke=True)
+    config = {k: v for k, v in space.base_config().items() if k != "data_dir"}
+
+    def stopped(trial_id: str, val_accs: list[float], checkpoint_epoch: int) -> Result:
+        result = tune_result(trial_id, config, val_accs)
+        if checkpoint_epoch:
+            (tmp_path / trial_id).mkdir()
+            checkpoint = Checkpoint.from_directory(tmp_path / trial_id)
+            metrics = result.metrics_dataframe.iloc[checkpoint_epoch - 1].to_dict()
+            result.checkpoint, result.best_checkpoints = checkpoint, [(checkpoint, metrics)]
+        return result
+
+    results = [stopped("a", [0.3, 0.5, 0.9], 1), stopped("b", [0.4, 0.6], 2), stopped("c", [0.95], 0)]
+    frame = trials_frame(results, space)
+    assert set(frame.outcome) == {"stopped_early"}
+    pool = as_of_checkpoint(frame)
+    assert sorted(zip(pool.trial_id, pool.epoch, pool.val_acc, strict=True)) == [("a", 1, 0.3), ("b", 2, 0.6)]
+    assert pool.sort_values("val_acc").iloc[-1].trial_id == "b"  # not a (0.9 at epoch 3) nor c (no model)
 
 
 def test_counts_of_one_are_singular(space):
