@@ -18,7 +18,6 @@ lags at the end, `sync` into an empty store and into a full one, the summary and
     python -m bench.scale [--quick] [--sizes 100,500,2000] [--objectives single,multi] [--cpus 64]
     python -m bench.scale --variant no_forced_snapshot ...   # the same without Tune's forced snapshots (see `one`)
     python -m bench.scale --variant every_epoch ...   # a checkpoint every epoch, as before CHECKPOINT_SECONDS
-    python -m bench.scale --variant serial_sync ...   # sync one trial at a time, as before SYNC_THREADS
     python -m bench.scale --report   # the figures again, from bench/out/scale-*.json
 """
 
@@ -216,7 +215,6 @@ def one(kind: str, trials: int, cpus: int, variant: str = "") -> dict:
     Tune saves the whole experiment state, and waits for it, whenever a trial has made `num_to_keep` checkpoints
     since the last save (build_tuner keeps 2): with many trials that is every few results, each save O(trials).
     "every_epoch": CHECKPOINT_SECONDS = 0, a checkpoint every epoch (what every search did before that setting).
-    "serial_sync": `sync` writes one trial at a time into the server (SYNC_THREADS = 1), as it did before.
     """
     os.environ.setdefault("MALLOC_ARENA_MAX", "2")  # as search.cluster sets it for the Ray it starts
     counter = Requests()
@@ -262,10 +260,6 @@ def one(kind: str, trials: int, cpus: int, variant: str = "") -> dict:
 
     out: dict = {"kind": kind, "variant": variant, "trials_asked": trials, "cpus": cpus}
     overrides = {"NUM_SAMPLES": trials, "MAX_CONCURRENT": cpus, "AUDIT_FRACTION": AUDIT_FRACTION, **OBJECTIVES[kind]}
-    if variant == "serial_sync":
-        import search.tracking
-
-        search.tracking.SYNC_THREADS = 1
     if variant == "every_epoch":
         overrides["CHECKPOINT_SECONDS"] = 0
     space = load_space(SPACE_FILE, overrides)
@@ -467,7 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated numbers of trials")
     p.add_argument("--objectives", default="single,multi", help="single (METRIC), multi (OBJECTIVES), or both")
     p.add_argument("--cpus", type=int, default=CPUS, help="logical CPUs of the simulated node: trials at once")
-    variants = ("", "no_forced_snapshot", "every_epoch", "serial_sync")
+    variants = ("", "no_forced_snapshot", "every_epoch")
     p.add_argument("--variant", choices=variants, default="", help="see `one`")
     p.add_argument("--report", action="store_true", help="print the figures of the runs saved in bench/out")
     p.add_argument("--one", choices=tuple(OBJECTIVES), help=argparse.SUPPRESS)  # one search, in this process

@@ -27,7 +27,6 @@ import queue
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
@@ -60,7 +59,6 @@ STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "diverged": "FAI
 # splits anything bigger and sends the tags with the first part, which would let the tag claim epochs still on
 # their way. Room is left for what `sync` sends with them: a new run's params and the outcome and error tags.
 EPOCHS_PER_REQUEST = (MAX_ENTITIES_PER_BATCH - MAX_PARAMS_TAGS_PER_BATCH - 2 - 2 - 2) // len(METRICS)
-SYNC_THREADS = 8  # trials `sync` writes at once into a tracking server
 RETRY_SECONDS = 30  # after a failed request, live logging rests this long before trying the store again
 
 
@@ -343,16 +341,15 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
         if trial_id not in trials:
             client.delete_run(run.info.run_id)
             changed["deleted"] += 1
-    # the parent's dataset inputs, which every new run repeats: read once
-    inputs = mlflow_ui.dataset_inputs(client, parent_run_id) if set(trials) - set(runs) else []
-
-    def one(trial_id: str, trial: Trial) -> dict[str, int]:
-        run, params, counts = runs.get(trial_id), [], {"created": 0, "epochs": 0, "ended": 0}
+    inputs = None  # the parent's dataset inputs, which every new run repeats: read once
+    for trial_id, trial in trials.items():
+        run, params = runs.get(trial_id), []
         if run is None:  # its params go with its first epochs
+            inputs = mlflow_ui.dataset_inputs(client, parent_run_id) if inputs is None else inputs
             params = params_of(dict(trial.config))
         run_id = run.info.run_id if run else _create_run(client, experiment_id, parent_run_id, stage, trial_id,
                                                          inputs, [])  # fmt: skip
-        counts["created"] += run is None
+        changed["created"] += run is None
         tagged = int(run.data.tags.get("epoch", 0)) if run else 0
         results = record.results(experiment_path, trial_id)
         outcome = _outcome(trial, experiment_path, results[-1] if results else None, max_epochs)
@@ -372,7 +369,7 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
             earlier = ranking.best([r for r in results if r["epoch"] <= logged])
             _log_epochs(client, run_id, missing, ranking, earlier, params=params,
                         end_tags=[] if ended else _end_tags(outcome, error))  # fmt: skip
-            counts["epochs"] += len(missing)
+            changed["epochs"] += len(missing)
         else:
             if params:  # a trial that reported nothing
                 client.log_batch(run_id, params=params)
@@ -383,16 +380,7 @@ def sync(experiment_path: str | Path, client: MlflowClient, experiment_id: str, 
             client.log_batch(run_id, metrics=ranking.metrics(best, int(time.time() * 1000), int(results[-1]["epoch"])))
         if not ended:
             _end_run(client, run_id, outcome, error, tagged=bool(missing))
-            counts["ended"] += 1
-        return counts
-
-    # Trials one after another into a SQLite or file store, which takes one writer; several at once into a
-    # tracking server, whose requests otherwise wait on each other's round trips
-    threads = SYNC_THREADS if urlparse(client.tracking_uri).scheme in ("http", "https") else 1
-    with ThreadPoolExecutor(threads) as pool:
-        for counts in pool.map(one, trials, trials.values()):
-            for key, n in counts.items():
-                changed[key] += n
+            changed["ended"] += 1
     return changed
 
 

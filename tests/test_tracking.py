@@ -8,13 +8,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import MlflowServer
 from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH, MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_BATCH
@@ -121,43 +119,6 @@ def test_sync_into_an_empty_store_writes_each_trial_in_four_requests(experiment,
     ])  # fmt: skip
     runs = child_runs(client, experiment_id, parent, "search").values()
     assert all(r.data.params and r.inputs.dataset_inputs for r in runs)  # params and the dataset, as before
-
-
-@pytest.mark.slow
-def test_sync_into_a_tracking_server_writes_several_trials_at_once_with_the_same_runs(experiment, tmp_path):
-    """Into a tracking server, sync writes SYNC_THREADS trials at once (issue 19: one at a time it took 75-86 ms per
-    trial, 2.5-2.9 min for 2,000): the same runs as one at a time, and idempotent."""
-    server = MlflowServer(tmp_path)
-    server.start()
-    try:
-        client = MlflowClient(server.uri)
-        experiment_id = ensure_experiment(client, "sync")
-        parent = start_parent(client, experiment_id, "search", {"a": 1}, {}, {})
-        lock, active, most = threading.Lock(), [0], [0]
-        create_run = client.create_run
-
-        def counted(*args, **kwargs):
-            with lock:
-                active[0] += 1
-                most[0] = max(most[0], active[0])
-            try:
-                time.sleep(0.2)  # a server answering slowly: the others must not wait for it
-                return create_run(*args, **kwargs)
-            finally:
-                with lock:
-                    active[0] -= 1
-
-        client.create_run = counted
-        changed = sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)
-        assert most[0] == 4, most  # the 4 trials' runs were created at once
-        assert changed == {"created": 4, "epochs": 9, "ended": 4, "deleted": 0}
-        assert sorted(snapshot(client, experiment_id, parent).values()) == sorted([
-            ("FINISHED", "completed", [1, 2, 3]), ("FINISHED", "completed", [1, 2, 3]),
-            ("FINISHED", "stopped_early", [1, 2]), ("FAILED", "errored", [1]),
-        ])  # fmt: skip
-        assert sync(experiment, client, experiment_id, parent, max_epochs=EPOCHS)["created"] == 0
-    finally:
-        server.stop()
 
 
 def test_sync_fills_what_live_logging_missed_and_deletes_runs_of_unknown_trials(experiment, store):
