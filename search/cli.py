@@ -102,7 +102,12 @@ def parse_sets(items: list[str] | None) -> dict[str, object]:
     return out
 
 
-def _terminated(signum, frame) -> None:
+# Ctrl-C or SIGTERM arrived while the command's own handlers were on (before a search installs its own)
+_INTERRUPTED = threading.Event()
+
+
+def _interrupt(signum, frame) -> None:
+    _INTERRUPTED.set()
     raise KeyboardInterrupt
 
 
@@ -113,8 +118,10 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     bug and propagates with its traceback.
     """
     argv = sys.argv[1:] if argv is None else argv
+    _INTERRUPTED.clear()
     if threading.current_thread() is threading.main_thread():  # SIGTERM (Slurm, `kill`) ends it as Ctrl-C does
-        signal.signal(signal.SIGTERM, _terminated)
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         code = main(argv)
     except UsageError as exc:
@@ -124,5 +131,12 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
         sys.exit(1 if isinstance(exc, SearchFailed) else 2)
     except KeyboardInterrupt as exc:  # a search that exists says how to resume it (errors.Interrupted)
         print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception:
+        # An interrupt raised inside an extension's code can come out as that code's own error: pydantic's schema
+        # builder, while `import mlflow` runs, turned Ctrl-C into a SchemaError and a traceback. Still the interrupt.
+        if not _INTERRUPTED.is_set():
+            raise
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 from search import cli
@@ -48,3 +52,27 @@ def test_a_bad_flag_is_one_line_not_a_usage_block():
 def test_one_line_takes_the_cause_from_the_last_line():
     assert one_line(RuntimeError("Traceback:\n  frame\nOSError: disk full\n")) == "OSError: disk full"
     assert one_line(RuntimeError()) == "RuntimeError"
+
+
+@pytest.mark.parametrize("sent", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_that_an_extension_wrapped_in_its_own_error_is_still_an_interrupt(sent, capsys):
+    """Seen in CI: Ctrl-C while `import mlflow` ran reached pydantic's schema builder, which raised it as a
+    SchemaError: a traceback and exit 1 instead of the one line and 130 of any other interrupt."""
+
+    def main(argv):
+        try:
+            os.kill(os.getpid(), sent)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt as exc:
+            raise RuntimeError("Error building `model` serializer") from exc  # what the extension does
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.run_main(main, [])
+        assert exit_.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+        with pytest.raises(RuntimeError):  # the same error with no interrupt is a bug, with its traceback
+            cli.run_main(lambda argv: (_ for _ in ()).throw(RuntimeError("a bug")), [])
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])

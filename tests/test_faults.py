@@ -177,9 +177,8 @@ def test_a_tracking_server_outage_loses_nothing(comes_back, data_dir, tmp_path, 
     long as a server takes to boot (about 30 s on a loaded 2-core machine, which the search had to outlast)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast while it is down; the search retries
     first, second = MlflowServer(tmp_path), MlflowServer(tmp_path)
-    first.launch()
-    second.launch()  # both boot at once, the second to take over after the outage
-    first.wait()
+    first.start()  # the second boots once the store exists: two creating its tables at once, one died
+    second.launch()  # it takes over after the outage; it boots while the search starts
     link = Link(first.uri)
     try:
         if comes_back == "mid_search":  # a wider net, for epochs of seconds; a checkpoint every epoch

@@ -82,6 +82,7 @@ def test_a_search_on_s3_survives_a_killed_driver_resumes_without_name_extends_an
     cmd = [
         sys.executable, "-m", "search.run", SPACE, "--smoke", "--quiet", "--storage", storage, "--tracking-uri", uri,
         "--data-dir", str(smoke_data_dir), "--set", "MAX_EPOCHS=3", "--set", "MAX_CONCURRENT=1",
+        "--set", "CHECKPOINT_SECONDS=0",  # a checkpoint every epoch: the kill waits for two
     ]  # fmt: skip
     driver, log = start_until_two_checkpoints(cmd, s3, tmp_path, s3, f"{BUCKET}/runs")
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray, as a crash would

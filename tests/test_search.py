@@ -193,6 +193,7 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(data_dir, tm
         sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet",
         "--name", "killed", "--storage", str(runs), "--tracking-uri", uri, "--data-dir", str(data_dir),
         "--set", "MAX_EPOCHS=3", "--set", "MAX_CONCURRENT=1",
+        "--set", "CHECKPOINT_SECONDS=0",  # a checkpoint every epoch: the mid-search kill waits for two
     ]  # fmt: skip
     moments = [
         ("before_first_report", lambda: (runs / "killed" / "search.json").exists(), 120),  # Tune state, no report
