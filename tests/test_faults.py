@@ -83,14 +83,14 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit
 
 
 def test_a_trial_checkpoints_at_its_end_and_a_crash_redoes_the_epochs_since_its_last_once_each(data_dir, tmp_path):
-    """CHECKPOINT_SECONDS (60 s by default, more than this trial's 8 epochs take): the trial checkpoints at its last
-    epoch only, none at ASHA's rung (epoch 2); each checkpoint before counted towards Tune's forced snapshots of the
+    """CHECKPOINT_SECONDS longer than the whole trial (an hour here: the default 60 s was less than 4 epochs on a
+    loaded CI machine, which checkpointed before the kill): the trial checkpoints at its last epoch only, none at ASHA's rung (epoch 2); each checkpoint before counted towards Tune's forced snapshots of the
     whole experiment (issue 19). Killed after epoch 4 with no checkpoint yet, it starts again from epoch 1: Tune's
     record has epochs 1-4 twice, MLflow and Optuna once each."""
     cmd = search_cmd(
         data_dir, tmp_path, "--name", "sparse", "--set", "NUM_SAMPLES=1", "--set", "MAX_EPOCHS=8",
         "--set", "GRACE_PERIOD=2", "--set", "REDUCTION_FACTOR=4", "--set", "AUDIT_FRACTION=0",
-        "--set", "width1=32", "--set", "width2=64",  # a wider net: epochs of seconds, not a fraction of one
+        "--set", "CHECKPOINT_SECONDS=3600", "--set", "width1=32", "--set", "width2=64",  # a wider net: epochs of seconds, not a fraction of one
     )  # fmt: skip
     driver = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = tmp_path / "runs" / "sparse"
