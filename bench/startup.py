@@ -13,6 +13,7 @@ min..max; the target is at most 0.3x for every `search.run` mistake and `--help`
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -36,8 +37,14 @@ def space(trial):
 """
 
 
+# An S3 endpoint that refuses connections (a mistyped port): pyarrow's from_uri retried it for about 6 s.
+REFUSING_S3 = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b",
+               "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+
+
 def commands(scratch: Path) -> dict[str, tuple[list[str], int, bool]]:
-    """name -> (python arguments, expected exit code, whether the 0.3x target applies)."""
+    """name -> (python arguments, expected exit code, whether the 0.3x target applies); a name with "refusing"
+    in it runs with REFUSING_S3 in its environment."""
     unknown = scratch / "unknown_setting.py"
     unknown.write_text(textwrap.dedent(UNKNOWN_SETTING))
     run = ["-m", "search.run"]
@@ -46,6 +53,7 @@ def commands(scratch: Path) -> dict[str, tuple[list[str], int, bool]]:
         "run: bad flag": ([*run, SHIPPED, "--bogus"], 2, True),
         "run: missing space file": ([*run, str(scratch / "nowhere.py")], 2, True),
         "run: bad --storage (issue 19's command)": ([*run, SHIPPED, "--storage", "s3://x"], 2, True),
+        "run: --storage at a refusing endpoint": ([*run, SHIPPED, "--storage", "s3://x/runs"], 2, True),
         "run: unknown setting": ([*run, str(unknown)], 2, True),
         "run: bad setting in a shipped space (imports ray.tune)": ([*run, SHIPPED, "--set", "MAX_EPOCHS=0"], 2, True),
         "submit --help": (["-m", "search.submit", "--help"], 0, False),
@@ -57,9 +65,10 @@ def commands(scratch: Path) -> dict[str, tuple[list[str], int, bool]]:
     }
 
 
-def timed(args: list[str], code: int | None = None) -> float:
+def timed(args: list[str], code: int | None = None, env: dict | None = None) -> float:
+    env = {**os.environ, **(env or {})}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     seconds = time.perf_counter() - start
     if code is not None and proc.returncode != code:
         raise RuntimeError(f"python {' '.join(args)}: exit {proc.returncode}, expected {code}:\n{proc.stderr[-2000:]}")
@@ -81,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     for _ in range(reps):
         base.append(timed(BASELINE, 0))
         for name, (cmd, code, _) in cmds.items():
-            took[name].append(timed(cmd, code))
+            took[name].append(timed(cmd, code, REFUSING_S3 if "refusing" in name else None))
     emit(line("startup.baseline: python -c 'import torch, torchvision, mlflow, ray.tune'", base, "s"))
     figures: dict = {"baseline_s": base, "reps": reps}
     missed = []

@@ -78,7 +78,7 @@ def unreachable(uri: str | os.PathLike, timeout: float = 15.0) -> str:
     def probe() -> None:
         try:
             fs, path = filesystem(uri)
-            fs.get_file_info(path)
+            _impatient(fs).get_file_info(path)
             answer.append("")
         except (OSError, UsageError) as exc:  # from_uri's region lookup fails as a UsageError
             answer.append(one_line(exc, 300))
@@ -87,6 +87,15 @@ def unreachable(uri: str | os.PathLike, timeout: float = 15.0) -> str:
     thread.start()
     thread.join(timeout)
     return answer[0] if answer else f"no answer within {timeout:.0f} s"
+
+
+def _impatient(fs: pyarrow.fs.FileSystem) -> pyarrow.fs.FileSystem:
+    """The same filesystem, where it is S3 asking twice at most: from_uri's S3 retries a refused connection for about
+    6 s, which a probe of a mistyped endpoint should not wait (a search keeps from_uri's patience)."""
+    if not isinstance(fs, pyarrow.fs.S3FileSystem):
+        return fs
+    _, (options,) = fs.__reduce__()  # the options from_uri resolved (region, endpoint, credentials)
+    return pyarrow.fs.S3FileSystem(**options, retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=2))
 
 
 def read_text(uri: str | os.PathLike) -> str | None:
@@ -184,7 +193,7 @@ def check_storage(storage: str) -> None:
         fs, path = filesystem(storage)
         bucket = path.split("/", 1)[0]
         try:
-            found = fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
+            found = _impatient(fs).get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
         except OSError as exc:  # AWS errors: credentials, permission, an endpoint that does not answer
             raise UsageError(f"--storage {storage}: cannot reach bucket {bucket} ({one_line(exc, 300)})") from None
         if not found:
