@@ -278,9 +278,18 @@ def fit(job: SearchJob, quiet: bool) -> tune.ResultGrid:
         callbacks=[tracking], reporter=None if quiet else SearchReporter.for_space(job.space, n),
         warm_start=job.warm_start,
     )  # fmt: skip
-    results = tuner_fit(tuner)
-    sync(job.path, job.client, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, ranking=_ranking(job.space))
+    try:
+        results = tuner_fit(tuner)
+    except KeyboardInterrupt:  # Tune saved its state: MLflow gets all of it, as at the end
+        _sync(job)
+        raise
+    _sync(job)
     return results
+
+
+def _sync(job: SearchJob) -> None:
+    s = job.space.settings
+    sync(job.path, job.client, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, ranking=_ranking(job.space))
 
 
 def _ranking(space: Space) -> Ranking:

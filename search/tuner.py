@@ -7,6 +7,7 @@ compares their early and final rankings without the range restriction of looking
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 import signal
 import threading
@@ -101,13 +102,25 @@ def fit(tuner: tune.Tuner) -> tune.ResultGrid:
 
     Tune catches the first SIGINT of a run to save its state and return early, and leaves that handler installed
     after the run: a Ctrl-C during the final evaluation (or in a notebook, any later cell) would be swallowed.
+
+    Raises:
+        KeyboardInterrupt: Tune caught a Ctrl-C (or the SIGTERM that `search.driver` passes it), saved its state and
+            returned; whether every trial had ended by then does not make the search finished. Tune does not say
+            so in what it returns: its handler, once it fired, has put back the one it found.
     """
     handler = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread():
+        return tuner.fit()  # Tune installs no handler off the main thread
     try:
-        return tuner.fit()
+        results = tuner.fit()
+        caught = (
+            signal.getsignal(signal.SIGINT) is handler and os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") == "0"
+        )
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGINT, handler)
+    if caught:
+        raise KeyboardInterrupt
+    return results
 
 
 def _run_to(path: str, num_samples: int) -> None:

@@ -283,8 +283,10 @@ def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_di
     cmd = [
         sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet",
         "--name", "ctrl_c", "--storage", str(runs), "--tracking-uri", uri, "--data-dir", str(data_dir),
-        "--set", "NUM_SAMPLES=2", "--set", "MAX_CONCURRENT=2", "--set", "MAX_EPOCHS=20",
-        "--set", "GRACE_PERIOD=20",  # no trial stops early: each ends completed or interrupted
+        "--set", "NUM_SAMPLES=2", "--set", "MAX_CONCURRENT=2", "--set", "MAX_EPOCHS=10",
+        "--set", "GRACE_PERIOD=10",  # no trial stops early: each ends completed or interrupted
+        # epochs of seconds: at the default width 20 epochs took less than a poll, both ended before the Ctrl-C
+        "--set", "width1=32", "--set", "width2=64",
     ]  # fmt: skip
     driver = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -299,17 +301,17 @@ def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_di
     (parent,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'ctrl_c'")
     assert parent.info.status == "KILLED"
     stopped = children(client, parent.info.run_id)
-    # the trial that started first may finish all its epochs (a fifth of a second each) before the second reports
-    # its first: it is completed then, never stopped_early, and the other one is interrupted
+    # the trial that started first may finish all its epochs before the second reports its first: it is
+    # completed then, never stopped_early, and the other one is interrupted
     ends = sorted((r.data.tags["outcome"], r.data.tags["epoch"]) for r in stopped)
     assert len(ends) == 2 and ends[-1][0] == "interrupted", ends
-    assert ends[0][0] == "interrupted" or ends[0] == ("completed", "20"), ends
+    assert ends[0][0] == "interrupted" or ends[0] == ("completed", "10"), ends
 
     resumed = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trial_runs = children(client, parent.info.run_id)
     assert client.get_run(parent.info.run_id).info.status == "FINISHED" and len(trial_runs) == 2
-    assert [(r.data.tags["outcome"], r.data.tags["epoch"]) for r in trial_runs] == [("completed", "20")] * 2
+    assert [(r.data.tags["outcome"], r.data.tags["epoch"]) for r in trial_runs] == [("completed", "10")] * 2
 
 
 def test_final_retrains_report_mean_and_spread_over_seeds(data_dir, tmp_path):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from tune_fakes import one_result
+from tune_fakes import one_result, one_result_then_ctrl_c
 
 from search.schedule import converged_after, is_control
 from search.tuner import AuditedASHA, fit
@@ -58,4 +59,15 @@ def test_fit_leaves_ctrl_c_as_it_found_it(tmp_path, local_ray):
     before = signal.getsignal(signal.SIGINT)
     tuner = tune.Tuner(one_result, run_config=tune.RunConfig(name="x", storage_path=str(tmp_path), verbose=0))
     assert fit(tuner).num_terminated == 1
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_ctrl_c_that_tune_caught_is_an_interrupt_though_every_trial_had_ended(tmp_path, local_ray):
+    """Tune's handler saves its state on the first Ctrl-C and returns early. When the trials had all ended by then,
+    the ResultGrid looked like a whole search: a notebook's stop button pressed then got a summary, not a stop."""
+    before = signal.getsignal(signal.SIGINT)
+    tuner = tune.Tuner(one_result_then_ctrl_c, param_space={"driver": os.getpid()},
+                       run_config=tune.RunConfig(name="x", storage_path=str(tmp_path), verbose=0))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        fit(tuner)
     assert signal.getsignal(signal.SIGINT) is before

@@ -25,3 +25,13 @@ def one_or_two_epochs(config: dict) -> None:
 
 def one_result(config: dict) -> None:
     tune.report({"epoch": 1, "val_acc": 0.5})
+
+
+def one_result_then_ctrl_c(config: dict) -> None:
+    """Reports, then sends the driver (`config["driver"]`, its pid) a SIGINT as the trial ends: a Ctrl-C that lands
+    while Tune winds up a run whose trials have all ended."""
+    import os
+    import signal
+
+    tune.report({"epoch": 1, "val_acc": 0.5})
+    os.kill(config["driver"], signal.SIGINT)
