@@ -202,7 +202,10 @@ class Link:
     def cut(self) -> None:
         """Refuses new connections and breaks every open one, as a lost route does."""
         listener, self._listener = self._listener, None
-        listener.close()
+        if listener is not None:  # else cut already
+            with contextlib.suppress(OSError):  # wakes the accept() waiting on it, which close() alone does not:
+                listener.shutdown(socket.SHUT_RDWR)  # that accept took one more connection and relayed it
+            listener.close()
         for conn in self._open:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)

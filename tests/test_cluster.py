@@ -483,8 +483,8 @@ def _start_slurm(root: Path) -> tuple[list[Daemon], dict]:
     conf.write_text(
         f"ClusterName=test\nSlurmctldHost={socket.gethostname()}(127.0.0.1)\nSlurmctldPort={ctld_port}\n"
         f"SlurmUser=root\nSlurmdUser=root\nAuthType=auth/munge\nCredType=cred/munge\n"
-        # cred_expire: how long a requeued job waits before it starts again (default 120 s)
-        f"AuthInfo=socket={root}/munge/socket,cred_expire=30\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
+        # cred_expire: how long a requeued job waits before it starts again (default 120 s, at least 5)
+        f"AuthInfo=socket={root}/munge/socket,cred_expire=10\nProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n"
         "JobAcctGatherType=jobacct_gather/none\nAccountingStorageType=accounting_storage/none\nMpiDefault=none\n"
         "SchedulerType=sched/backfill\nSelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n"
         "ReturnToService=2\nKillWait=30\n"
