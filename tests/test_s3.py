@@ -73,49 +73,6 @@ def test_credentials_the_store_refuses_are_one_line(s3, tmp_path):
     assert line.startswith(f"error: --storage s3://{BUCKET}/runs: cannot reach bucket {BUCKET} ("), line
 
 
-@pytest.mark.slow
-def test_a_search_on_s3_survives_a_killed_driver_resumes_without_name_extends_and_warm_starts(
-    s3, smoke_data_dir, tmp_path
-):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    storage = f"s3://{BUCKET}/runs"
-    cmd = [
-        sys.executable, "-m", "search.run", SPACE, "--smoke", "--quiet", "--storage", storage, "--tracking-uri", uri,
-        "--data-dir", str(smoke_data_dir), "--set", "MAX_EPOCHS=3", "--set", "MAX_CONCURRENT=1",
-        "--set", "CHECKPOINT_SECONDS=0",  # a checkpoint every epoch: the kill waits for two
-    ]  # fmt: skip
-    driver, log = start_until_two_checkpoints(cmd, s3, tmp_path, s3, f"{BUCKET}/runs")
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray, as a crash would
-    driver.wait()
-    (name,) = {f.split("/")[2] for f in s3_files(s3, f"{BUCKET}/runs") if f.endswith("/search.json")}
-
-    resumed = run([*cmd, "--resume"], s3, tmp_path)  # no --name: the newest search of the space on S3
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "snapshotting" not in resumed.stderr  # --quiet: no advice on Tune settings the user does not set
-    assert f"config file {storage}/{name}/best_config.json" in resumed.stdout
-    assert f"checkpoint  {storage}/{name}/" in resumed.stdout  # where the model is, as a URI that names S3
-    client = MlflowClient(uri)
-    experiment_id = client.get_experiment_by_name("vgg_fashion_mnist").experiment_id
-    (parent,) = client.search_runs([experiment_id], filter_string="tags.smoke = 'True'")
-    trial_runs = children(client, parent.info.run_id)
-    assert parent.info.status == "FINISHED" and len(trial_runs) == 4
-    for r in trial_runs:
-        assert r.info.status != "RUNNING"
-        epochs = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert epochs == list(range(1, int(r.data.tags["epoch"]) + 1)), epochs  # none lost, none twice
-
-    synced = run([sys.executable, "-m", "search.tracking", "sync", f"{storage}/{name}"], s3, tmp_path)
-    assert synced.stdout.strip() == "synced: 0 created, 0 epochs, 0 ended, 0 deleted", synced.stderr
-
-    extended = run([*cmd, "--resume", "--name", name, "--set", "NUM_SAMPLES=5"], s3, tmp_path)
-    assert extended.returncode == 0, extended.stderr[-3000:]
-    assert len(children(client, parent.info.run_id)) == 5
-
-    warm = run([*cmd, "--name", "warm", "--warm-start", name, "--set", "NUM_SAMPLES=1"], s3, tmp_path)
-    assert warm.returncode == 0, warm.stderr[-3000:]
-    assert f"of the 5 trials of {name} fit vgg_fashion_mnist.py" in warm.stdout, warm.stdout
-
-
 def test_storage_that_does_not_answer_is_told_apart_from_storage_that_does(s3, monkeypatch):
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, s3[key])
@@ -131,29 +88,36 @@ def test_storage_that_does_not_answer_is_told_apart_from_storage_that_does(s3, m
 
 
 @pytest.mark.slow
-def test_an_s3_outage_mid_search_stops_it_with_one_line_and_a_resume_once_it_is_back_loses_nothing(
+def test_a_search_on_s3_survives_an_outage_and_a_killed_driver_resumes_without_name_extends_and_warm_starts(
     s3, smoke_data_dir, tmp_path
 ):
+    """A search keeps its whole record on S3, which it reaches through a `Link`. The route is cut mid-search: the
+    search stops with one line (exit 1), its parent FAILED, no trial failed. Once S3 is back, a --resume without
+    --name (the newest search of the space there) goes on until a SIGKILL ends its driver and its Ray, as a crash
+    would; a second --resume completes it from the checkpoints, every epoch once. Then sync changes nothing, a
+    --resume with more samples extends it, and a warm start reads it."""
     link = Link(s3["AWS_ENDPOINT_URL"])  # the route to S3, to be cut
     env = {**s3, "AWS_ENDPOINT_URL": link.url}
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    storage = f"s3://{BUCKET}/runs"
     cmd = [
-        sys.executable, "-m", "search.run", SPACE, "--smoke", "--quiet", "--storage", f"s3://{BUCKET}/runs",
-        "--tracking-uri", uri, "--data-dir", str(smoke_data_dir), "--name", "outage",
+        sys.executable, "-m", "search.run", SPACE, "--smoke", "--quiet", "--storage", storage,
+        "--tracking-uri", uri, "--data-dir", str(smoke_data_dir),
         "--set", "MAX_EPOCHS=5", "--set", "GRACE_PERIOD=5", "--set", "MAX_CONCURRENT=2",
-        "--set", "CHECKPOINT_SECONDS=0",  # a checkpoint every epoch: the outage comes mid-trial
+        "--set", "CHECKPOINT_SECONDS=0",  # a checkpoint every epoch: the outage and the kill come mid-trial
     ]  # fmt: skip
-    driver, log = start_until_two_checkpoints(cmd, env, tmp_path, s3, f"{BUCKET}/runs/outage")
+    driver, log = start_until_two_checkpoints(cmd, env, tmp_path, s3, f"{BUCKET}/runs")
     link.cut()  # S3 keeps what it holds; the search can no longer reach it
     try:
         driver.wait(timeout=300)  # bounded: it does not retry into the outage for ever
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
+    (name,) = {f.split("/")[2] for f in s3_files(s3, f"{BUCKET}/runs") if f.endswith("/search.json")}
     last = log.read_text().strip().splitlines()[-1]
     assert driver.returncode == 1, log.read_text()[-3000:]
-    assert last.startswith(f"error: storage s3://{BUCKET}/runs does not answer ("), last
-    assert last.endswith(f"resume with  python -m search.run {SPACE} --resume --name outage"), last
+    assert last.startswith(f"error: storage {storage} does not answer ("), last
+    assert last.endswith(f"resume with  python -m search.run {SPACE} --resume --name {name}"), last
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name("vgg_fashion_mnist").experiment_id
     (parent,) = client.search_runs([experiment_id], filter_string="tags.smoke = 'True'")
@@ -162,8 +126,20 @@ def test_an_s3_outage_mid_search_stops_it_with_one_line_and_a_resume_once_it_is_
         assert (r.info.status, r.data.tags["outcome"]) in {("KILLED", "interrupted"), ("FINISHED", "completed")}
 
     link.mend()
+    checkpoints = lambda: {f for f in s3_files(s3, storage[5:]) if f.endswith("/checkpoint.pt")}  # noqa: E731
+    before = checkpoints()
+    with open(log, "w") as out:  # no --name: the newest search of the space on S3
+        driver = subprocess.Popen([*cmd, "--resume"], env=env, cwd=tmp_path, start_new_session=True, stdout=out,
+                                  stderr=out)  # fmt: skip
+    wait_for(lambda: checkpoints() - before, 300, "a checkpoint of the resumed search", log, proc=driver)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray, as a crash would
+    driver.wait()
+
     resumed = run([*cmd, "--resume"], env, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "snapshotting" not in resumed.stderr  # --quiet: no advice on Tune settings the user does not set
+    assert f"config file {storage}/{name}/best_config.json" in resumed.stdout
+    assert f"checkpoint  {storage}/{name}/" in resumed.stdout  # where the model is, as a URI that names S3
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED" and "error" not in parent.data.tags
     trial_runs = children(client, parent.info.run_id)
@@ -171,4 +147,15 @@ def test_an_s3_outage_mid_search_stops_it_with_one_line_and_a_resume_once_it_is_
     for r in trial_runs:
         assert (r.info.status, r.data.tags["outcome"]) == ("FINISHED", "completed")
         epochs = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert epochs == [1, 2, 3, 4, 5], epochs  # the trials the outage stopped went on from their checkpoints
+        assert epochs == [1, 2, 3, 4, 5], epochs  # the trials stopped went on from their checkpoints, none twice
+
+    synced = run([sys.executable, "-m", "search.tracking", "sync", f"{storage}/{name}"], env, tmp_path)
+    assert synced.stdout.strip() == "synced: 0 created, 0 epochs, 0 ended, 0 deleted", synced.stderr
+
+    extended = run([*cmd, "--resume", "--name", name, "--set", "NUM_SAMPLES=5"], env, tmp_path)
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert len(children(client, parent.info.run_id)) == 5
+
+    warm = run([*cmd, "--name", "warm", "--warm-start", name, "--set", "NUM_SAMPLES=1"], env, tmp_path)
+    assert warm.returncode == 0, warm.stderr[-3000:]
+    assert f"of the 5 trials of {name} fit vgg_fashion_mnist.py" in warm.stdout, warm.stdout
