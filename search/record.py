@@ -181,6 +181,23 @@ def local_files(folder: str | os.PathLike, pattern: str) -> Iterator[str]:
                 write_bytes(join(folder, path.name), path.read_bytes())
 
 
+def _check_endpoint(storage: str) -> None:
+    """Fails in a second where AWS's S3 cannot be reached at all (no network, a host that does not resolve):
+    from_uri first asks AWS which region the bucket is in and retries that for about 6 s. Any answer, even an
+    error (another region, no permission), is left to the full check. With an endpoint of its own
+    (AWS_ENDPOINT_URL) from_uri asks nothing first, and the full check asks twice at most (`_impatient`)."""
+    if not storage.startswith("s3://") or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"):
+        return
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    fs = pyarrow.fs.S3FileSystem(region=region, retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=2))
+    bucket = storage.removeprefix("s3://").split("/", 1)[0]
+    try:
+        fs.get_file_info(bucket)
+    except OSError as exc:
+        if "NETWORK_CONNECTION" in str(exc):
+            raise UsageError(f"--storage {storage}: cannot reach it ({one_line(exc, 300)})") from None
+
+
 def check_storage(storage: str) -> None:
     """Fails before anything starts when a search could not keep its state and checkpoints in `storage`; it
     creates nothing.
@@ -190,6 +207,7 @@ def check_storage(storage: str) -> None:
             credentials, no permission), or a local path that cannot be written; naming the storage and why.
     """
     if is_remote(storage):
+        _check_endpoint(storage)
         fs, path = filesystem(storage)
         bucket = path.split("/", 1)[0]
         try:
