@@ -42,18 +42,16 @@ REFUSING_S3 = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "a
                "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
 
 
-def commands(scratch: Path) -> dict[str, tuple[list[str], int, bool]]:
-    """name -> (python arguments, expected exit code, whether the 0.3x target applies); a name with "refusing"
-    in it runs with REFUSING_S3 in its environment."""
+def commands(scratch: Path) -> dict[str, tuple[list[str], int, bool, dict | None]]:
+    """name -> (python arguments, expected exit code, whether the 0.3x target applies, environment to add)."""
     unknown = scratch / "unknown_setting.py"
     unknown.write_text(textwrap.dedent(UNKNOWN_SETTING))
     run = ["-m", "search.run"]
-    return {
+    cmds = {
         "run --help": ([*run, "--help"], 0, True),
         "run: bad flag": ([*run, SHIPPED, "--bogus"], 2, True),
         "run: missing space file": ([*run, str(scratch / "nowhere.py")], 2, True),
         "run: bad --storage (issue 19's command)": ([*run, SHIPPED, "--storage", "s3://x"], 2, True),
-        "run: --storage at a refusing endpoint": ([*run, SHIPPED, "--storage", "s3://x/runs"], 2, True),
         "run: unknown setting": ([*run, str(unknown)], 2, True),
         "run: bad setting in a shipped space (imports ray.tune)": ([*run, SHIPPED, "--set", "MAX_EPOCHS=0"], 2, True),
         "submit --help": (["-m", "search.submit", "--help"], 0, False),
@@ -63,6 +61,9 @@ def commands(scratch: Path) -> dict[str, tuple[list[str], int, bool]]:
         "data --help": (["-m", "search.data", "--help"], 0, False),
         "fake_data --help": (["-m", "search.fake_data", "--help"], 0, False),
     }
+    cmds = {name: (*c, None) for name, c in cmds.items()}
+    cmds["run: --storage at a refusing endpoint"] = ([*run, SHIPPED, "--storage", "s3://x/runs"], 2, True, REFUSING_S3)
+    return cmds
 
 
 def timed(args: list[str], code: int | None = None, env: dict | None = None) -> float:
@@ -89,12 +90,12 @@ def main(argv: list[str] | None = None) -> dict:
     took: dict[str, list[float]] = {name: [] for name in cmds}
     for _ in range(reps):
         base.append(timed(BASELINE, 0))
-        for name, (cmd, code, _) in cmds.items():
-            took[name].append(timed(cmd, code, REFUSING_S3 if "refusing" in name else None))
+        for name, (cmd, code, _, env) in cmds.items():
+            took[name].append(timed(cmd, code, env))
     emit(line("startup.baseline: python -c 'import torch, torchvision, mlflow, ray.tune'", base, "s"))
     figures: dict = {"baseline_s": base, "reps": reps}
     missed = []
-    for name, (cmd, _, targeted) in cmds.items():
+    for name, (cmd, _, targeted, _) in cmds.items():
         ratios = [t / b for t, b in zip(took[name], base, strict=True)]
         ok = statistics.median(ratios) <= TARGET
         note = f"(median {statistics.median(took[name]):.2f} s)"

@@ -89,13 +89,17 @@ def unreachable(uri: str | os.PathLike, timeout: float = 15.0) -> str:
     return answer[0] if answer else f"no answer within {timeout:.0f} s"
 
 
+# How a check of S3 asks: twice at most. from_uri's S3 retries a refused connection or an unresolved host for ~6 s.
+_ASK_TWICE = pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=2)
+
+
 def _impatient(fs: pyarrow.fs.FileSystem) -> pyarrow.fs.FileSystem:
     """The same filesystem, where it is S3 asking twice at most: from_uri's S3 retries a refused connection for about
     6 s, which a probe of a mistyped endpoint should not wait (a search keeps from_uri's patience)."""
     if not isinstance(fs, pyarrow.fs.S3FileSystem):
         return fs
     _, (options,) = fs.__reduce__()  # the options from_uri resolved (region, endpoint, credentials)
-    return pyarrow.fs.S3FileSystem(**options, retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=2))
+    return pyarrow.fs.S3FileSystem(**options, retry_strategy=_ASK_TWICE)
 
 
 def read_text(uri: str | os.PathLike) -> str | None:
@@ -189,7 +193,7 @@ def _check_endpoint(storage: str) -> None:
     if not storage.startswith("s3://") or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"):
         return
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    fs = pyarrow.fs.S3FileSystem(region=region, retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=2))
+    fs = pyarrow.fs.S3FileSystem(region=region, retry_strategy=_ASK_TWICE)
     bucket = storage.removeprefix("s3://").split("/", 1)[0]
     try:
         fs.get_file_info(bucket)

@@ -3,6 +3,9 @@ nothing but Ray: a worker that imported a test module (torch, MLflow, the search
 
 from __future__ import annotations
 
+import os
+import signal
+
 from ray import tune
 
 
@@ -30,8 +33,5 @@ def one_result(config: dict) -> None:
 def one_result_then_ctrl_c(config: dict) -> None:
     """Reports, then sends the driver (`config["driver"]`, its pid) a SIGINT as the trial ends: a Ctrl-C that lands
     while Tune winds up a run whose trials have all ended."""
-    import os
-    import signal
-
     tune.report({"epoch": 1, "val_acc": 0.5})
     os.kill(config["driver"], signal.SIGINT)
