@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import NoReturn
 from urllib.parse import SplitResult, urlsplit
 
 from search.errors import SearchFailed, UsageError
@@ -127,16 +128,23 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     except UsageError as exc:
         if "--debug" in argv:
             raise
+        if _INTERRUPTED.is_set():  # an interrupt inside a space file's code came out as its error (see below)
+            _exit_interrupted()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1 if isinstance(exc, SearchFailed) else 2)
     except KeyboardInterrupt as exc:  # a search that exists says how to resume it (errors.Interrupted)
-        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted(str(exc))
     except Exception:
         # An interrupt raised inside an extension's code can come out as that code's own error: pydantic's schema
-        # builder, while `import mlflow` runs, turned Ctrl-C into a SchemaError and a traceback. Still the interrupt.
+        # builder, while `import mlflow` runs, turned Ctrl-C into a SchemaError and a traceback; Python 3.11 wraps
+        # one raised in a class body's `__set_name__` (a space file's `from ray import tune`) in a RuntimeError,
+        # which read_space reported as a broken space file. Still the interrupt.
         if not _INTERRUPTED.is_set():
             raise
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted()
     sys.exit(code or 0)
+
+
+def _exit_interrupted(how: str = "") -> NoReturn:
+    print(f"interrupted: {how}" if how else "interrupted", file=sys.stderr)
+    sys.exit(130)

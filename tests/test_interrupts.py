@@ -122,3 +122,21 @@ def test_sigterm_at_any_moment_of_a_start_is_exit_130_one_line_and_nothing_runni
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     if parents:  # it got that far: KILLED, and the line says how to resume
         assert [p.info.status for p in parents] == ["KILLED"] and "--resume --name term" in lines[-1], err[-3000:]
+
+
+def test_sigterm_while_the_space_file_runs_is_an_interrupt_not_a_space_error(cli_exit, tmp_path):
+    """`kill PID` one second in landed while the space file's `from ray import tune` built a class: Python 3.11
+    wraps an exception raised in `__set_name__` in a RuntimeError, and the search said the space file was broken
+    (exit 2, "vgg_fashion_mnist.py:11: RuntimeError: Error calling __set_name__ ...") instead of interrupted."""
+    from search import run
+
+    space = tmp_path / "space.py"
+    space.write_text(
+        Path(SPACE).read_text()
+        + "\n\nimport os, signal\n\n\nclass _Field:\n    def __set_name__(self, owner, name):\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` landing while the file's imports run\n\n\n"
+        "class _Model:\n    field = _Field()\n"
+    )
+    code, _, err = cli_exit(run.main, [space, "--storage", tmp_path / "runs"])
+    assert (code, err.strip()) == (130, "interrupted"), err
+    assert not (tmp_path / "runs").exists()
