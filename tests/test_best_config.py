@@ -19,7 +19,9 @@ from search import train
 from search.report import format_summary
 from search.train import TrainConfig, model_from_checkpoint
 
-pytestmark = pytest.mark.slow  # a whole search (the session's smoke search of spaces/vgg_cifar100.py)
+# a whole search (the session's smoke search of spaces/vgg_cifar100.py, made once per xdist worker: the tests that
+# read one share a worker)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("smoke_searches")]
 
 # spaces/vgg_cifar100.py: define-by-run, with conditional params
 

@@ -29,7 +29,9 @@ from search import mlflow_ui
 from search.fake_data import write_fake
 from search.tracking import STATUS, ensure_experiment, start_parent
 
-pytestmark = pytest.mark.slow  # a whole search and a browser: minutes
+# a whole search and a browser: minutes; its tests share them, so they run on one xdist worker (a module
+# fixture is made once per worker)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("mlflow_ui")]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

@@ -91,6 +91,7 @@ def test_from_run_of_a_run_that_is_no_trial_is_one_line(sqlite_uri, cli_exit, wh
 
 
 @pytest.mark.slow  # a whole search (the session's smoke search of spaces/vgg_cifar100.py)
+@pytest.mark.xdist_group("smoke_searches")  # made once per worker: its readers share one
 def test_from_run_trains_a_trial_again_with_the_same_curve_into_a_run_that_points_back(
     finished_smoke_search, tmp_path, monkeypatch, cli_exit
 ):

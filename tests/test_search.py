@@ -67,6 +67,7 @@ def check_tracking(client: MlflowClient, result, num_samples: int) -> list:
     return runs
 
 
+@pytest.mark.xdist_group("smoke_searches")  # made once per worker: its readers share one
 @pytest.mark.parametrize("space", SPACES, ids=lambda p: p.stem)
 def test_smoke_search_of_every_space(space, finished_smoke_search):
     """Each space's smoke search, run once per session (conftest.py) and shared with the tests that read one."""
@@ -346,6 +347,7 @@ def test_patience_ends_a_search_that_stopped_improving(data_dir, tmp_path):
     assert "converged after 3 trials: the last 2 did not beat the best val_acc" in report.format_summary(result.summary)
 
 
+@pytest.mark.xdist_group("smoke_searches")
 def test_a_warm_started_search_begins_with_the_earlier_trials_that_fit(finished_smoke_search, data_dir, tmp_path,
                                                                        capsys):  # fmt: skip
     uri, runs = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "runs"
@@ -409,6 +411,7 @@ def test_a_metric_to_minimize_runs_end_to_end(data_dir, tmp_path):
     assert parent.info.status == "FINISHED" and f"best_{metric}" in parent.data.metrics
 
 
+@pytest.mark.xdist_group("smoke_searches")
 def test_artifacts_live_beside_a_sqlite_store_not_in_the_working_folder(finished_smoke_search):
     # A Ray Job runs in a temporary folder: MLflow's default ./mlruns there lost the artifacts. The shared smoke
     # search ran in an empty working folder of its own, with its store in another.

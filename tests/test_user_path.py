@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow  # a whole search as a real process: minutes
+# a whole search as a real process: minutes; its tests share it, so they run on one xdist worker (a module
+# fixture is made once per worker)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("user_path")]
 
 ROOT = Path(__file__).resolve().parents[1]
 REMOTE_TOKEN = "f" * 64  # a remote cluster's, in ~/.ray/auth_token
