@@ -10,15 +10,24 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
-import pytest
-import ray
-from helpers import SMOKE_DATASETS, SMOKE_TEST, SMOKE_TRAIN, moto_server
-from mlflow.tracking import MlflowClient
+# One OpenMP thread per process, set before torch loads and inherited by every process a test starts. The two
+# xdist workers share 2 cores with each other's searches: torch's default of a thread per core oversubscribed them,
+# and its threads, each waiting at a barrier for one that was descheduled, made test_train.py's 1-second training
+# take 26 s. Trials set their own from their CPUs (search.trainable), as they do outside the tests.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from search import cli
-from search.data import DATASETS
-from search.fake_data import write_fake
+import mlflow  # noqa: E402
+import pytest  # noqa: E402
+import ray  # noqa: E402
+import torch  # noqa: E402
+from helpers import SMOKE_DATASETS, SMOKE_TEST, SMOKE_TRAIN, moto_server  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from search import cli  # noqa: E402
+from search.data import DATASETS  # noqa: E402
+from search.fake_data import write_fake  # noqa: E402
+
+torch.set_num_threads(1)  # in case a plugin loaded torch first
 
 # Images per fake training set (3 per class for cifar100, 30 for the others) and test set; test_data.py
 # checks these sizes.
@@ -166,6 +175,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     search of minutes."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)  # stable
+    for item in items:  # the quick tests on the session's Ray: on one worker, so that one worker starts a Ray
+        if "local_ray" in item.fixturenames and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group("local_ray"))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
