@@ -132,8 +132,7 @@ def test_sigterm_while_the_space_file_runs_is_an_interrupt_not_a_space_error(cli
 
     space = tmp_path / "space.py"
     space.write_text(
-        Path(SPACE).read_text()
-        + "\n\nimport os, signal\n\n\nclass _Field:\n    def __set_name__(self, owner, name):\n"
+        Path(SPACE).read_text() + "\n\nimport os, signal\n\n\nclass _Field:\n    def __set_name__(self, owner, name):\n"
         "        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` landing while the file's imports run\n\n\n"
         "class _Model:\n    field = _Field()\n"
     )
