@@ -20,16 +20,17 @@ search: setup
 	$(PY) -m search.run $(SPACE) $(ARGS)
 
 # Two pytest workers (pytest-xdist): an end-to-end test waits on processes starting (Python, Ray, MLflow) as much
-# as it computes, so two at once use 2 cores better; tests marked xdist_group("cluster") run on one worker.
+# as it computes, so two at once use 2 cores better; the tests of one xdist_group run on one worker ("cluster":
+# Slurm and the multi-node Ray, one after another). tests/conftest.py gives each test process one OpenMP thread.
 JOBS  ?= 2
 XDIST := -n $(JOBS) --dist loadgroup
 
 test: setup
 	$(PY) -m pytest -q $(XDIST) --durations=40 tests $(ARGS)
 
-# The developer's loop: every test but the end-to-end searches and clusters (marked slow).
+# The developer's loop: every test but the end-to-end searches and clusters (marked slow), on two workers too.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" tests $(ARGS)
+	$(PY) -m pytest -q $(XDIST) -m "not slow" tests $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check .
