@@ -19,15 +19,12 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import mlflow  # noqa: E402
 import pytest  # noqa: E402
 import ray  # noqa: E402
-import torch  # noqa: E402
 from helpers import SMOKE_DATASETS, SMOKE_TEST, SMOKE_TRAIN, moto_server  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from search import cli  # noqa: E402
 from search.data import DATASETS  # noqa: E402
 from search.fake_data import write_fake  # noqa: E402
-
-torch.set_num_threads(1)  # in case a plugin loaded torch first
 
 # Images per fake training set (3 per class for cifar100, 30 for the others) and test set; test_data.py
 # checks these sizes.
