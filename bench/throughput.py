@@ -36,7 +36,7 @@ from torchvision import transforms
 
 from bench.common import emit, line, out_dir, save, spread, verdict
 from search.batches import Batches
-from search.data import DATASETS
+from search.data import DATASETS, torchvision_class
 from search.fake_data import write_fake
 from search.train import (
     TrainConfig,
@@ -188,7 +188,7 @@ def tutorial_dataset(data_dir: str, images: int) -> Subset:
         ]
     )
     # torchvision's CIFAR10 with the md5 check of the extracted files off, so it reads the fake files.
-    dataset = DATASETS["cifar10"].torchvision_class(data_dir, train=True, transform=augment)
+    dataset = torchvision_class("cifar10")(data_dir, train=True, transform=augment)
     return Subset(dataset, range(images))
 
 

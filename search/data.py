@@ -2,6 +2,7 @@
 
 A dataset is read once per process through torchvision's own dataset classes (every CIFAR pickle first passes a
 restricted unpickler: a data file is data, never code) and kept as uint8; `search.batches` moves it to the device.
+A search's driver reads it, and its trials map the driver's copy from Ray's object store (`export`, `adopt`).
 
     python -m search.data check --dataset cifar100 --data-dir ./data
 """
@@ -18,13 +19,13 @@ import shutil
 import socket
 import struct
 import sys
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from filelock import FileLock
 from torch import Tensor
-from torchvision import datasets as tv
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from search import cli, safe_pickle
 from search.errors import DataError, one_line
@@ -45,25 +46,10 @@ FAKE_MARKER = "FAKE_DATA.json"
 FAKE_TAG = "data.fake"
 
 
-class _CIFAR10(tv.CIFAR10):
-    # torchvision checks the md5 of every extracted pickle, which rejects files written by `write_fake`. Only
-    # the existence of the files is checked here; `_read` validates shapes and labels after loading instead.
-    # The downloaded archive's md5 (tgz_md5) is still checked by torchvision's download.
-    train_list = [[name, None] for name, _ in tv.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in tv.CIFAR10.test_list]
-    meta = {**tv.CIFAR10.meta, "md5": None}
-
-
-class _CIFAR100(tv.CIFAR100):
-    # See _CIFAR10.
-    train_list = [[name, None] for name, _ in tv.CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in tv.CIFAR100.test_list]
-    meta = {**tv.CIFAR100.meta, "md5": None}
-
-
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset is and where torchvision keeps it.
+    """What a dataset is and where torchvision keeps it (its facts as torchvision's class has them: a fast test
+    checks that they agree).
 
     Attributes:
         name: its key in DATASETS.
@@ -72,7 +58,7 @@ class DatasetInfo:
         size: height and width in pixels (32 or 28).
         train_count: images in the real training set (fakes are smaller).
         test_count: images in the real test set.
-        torchvision_class: the torchvision dataset class that reads and downloads it.
+        torchvision_name: the torchvision dataset class that reads and downloads it (`torchvision_class`).
         folder: the folder holding its files, relative to the data dir.
         files: the file names torchvision reads in `folder`.
     """
@@ -83,31 +69,49 @@ class DatasetInfo:
     size: int
     train_count: int
     test_count: int
-    torchvision_class: type
+    torchvision_name: str
     folder: str
     files: tuple[str, ...]
 
     @property
     def is_cifar(self) -> bool:
-        return issubclass(self.torchvision_class, tv.CIFAR10)
+        return self.torchvision_name.startswith("CIFAR")
 
 
-def _cifar(name: str, num_classes: int, cls: type[tv.CIFAR10]) -> DatasetInfo:
-    files = tuple(f for f, _ in cls.train_list + cls.test_list) + (cls.meta["filename"],)
-    return DatasetInfo(name, num_classes, 3, 32, 50_000, 10_000, cls, cls.base_folder, files)
-
-
-def _mnist(name: str, cls: type[tv.MNIST]) -> DatasetInfo:
-    files = tuple(f.removesuffix(".gz") for f, _ in cls.resources)  # torchvision reads them decompressed
-    return DatasetInfo(name, 10, 1, 28, 60_000, 10_000, cls, os.path.join(cls.__name__, "raw"), files)
-
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
 
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar100": _cifar("cifar100", 100, _CIFAR100),
-    "cifar10": _cifar("cifar10", 10, _CIFAR10),
-    "fashion_mnist": _mnist("fashion_mnist", tv.FashionMNIST),
-    "mnist": _mnist("mnist", tv.MNIST),
-}
+    "cifar100": DatasetInfo("cifar100", 100, 3, 32, 50_000, 10_000, "CIFAR100", "cifar-100-python",
+                            ("train", "test", "meta")),
+    "cifar10": DatasetInfo("cifar10", 10, 3, 32, 50_000, 10_000, "CIFAR10", "cifar-10-batches-py", _CIFAR10_FILES),
+    "fashion_mnist": DatasetInfo("fashion_mnist", 10, 1, 28, 60_000, 10_000, "FashionMNIST", "FashionMNIST/raw",
+                                 _IDX_FILES),
+    "mnist": DatasetInfo("mnist", 10, 1, 28, 60_000, 10_000, "MNIST", "MNIST/raw", _IDX_FILES),
+}  # fmt: skip
+
+
+@functools.cache
+def torchvision_class(name: str) -> type:
+    """The torchvision dataset class that reads and downloads the dataset `name` (a key of DATASETS).
+
+    torchvision loads here, not at import: it takes about 1.4 s (torch._dynamo, through torchvision.ops), and a
+    trial, whose data the driver decoded (`adopt`), never needs it.
+    """
+    from torchvision import datasets
+
+    cls = getattr(datasets, DATASETS[name].torchvision_name)
+    if not DATASETS[name].is_cifar:
+        return cls
+    # torchvision checks the md5 of every extracted pickle, which rejects files written by `write_fake`. Only
+    # the existence of the files is checked here; `_read` validates shapes and labels after loading instead.
+    # The downloaded archive's md5 (tgz_md5) is still checked by torchvision's download.
+    unchecked = {
+        "train_list": [[file, None] for file, _ in cls.train_list],
+        "test_list": [[file, None] for file, _ in cls.test_list],
+        "meta": {**cls.meta, "md5": None},
+    }
+    return type(cls.__name__, (cls,), unchecked)
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -135,7 +139,29 @@ def load_arrays(name: str, data_dir: str | None = None, download: bool = True) -
         DataError: unknown name, files missing and not downloadable, corrupt files, data_dir not a folder.
     """
     info = dataset_info(name)
-    return _load_cached(info.name, _root(data_dir), download)
+    return _adopted.get((info.name, _root(data_dir))) or _load_cached(info.name, _root(data_dir), download)
+
+
+# Datasets this process was given decoded (a trial, by its driver), by (name, data dir): see `adopt`.
+_adopted: dict[tuple[str, str], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+
+def export(name: str, data_dir: str | None = None) -> tuple[np.ndarray, ...]:
+    """The dataset `name` under data_dir (`load_arrays`) as numpy arrays, for Ray's object store: the search's
+    driver reads it once, and every trial on a node maps that node's one copy (`adopt`) rather than reading and
+    decoding the files, and importing torchvision, in each worker process."""
+    return tuple(a.numpy() for a in load_arrays(name, data_dir))
+
+
+def adopt(name: str, data_dir: str | None, arrays: tuple[np.ndarray, ...]) -> None:
+    """Makes `arrays` (from `export`) this process's copy of the dataset `name` under data_dir: `load_arrays`
+    returns them from now on, without a copy, and reads no file. Ray maps them read-only, as every reader here
+    treats a dataset."""
+    key = (dataset_info(name).name, _root(data_dir))
+    if key not in _adopted:  # a worker process serves one search: the same dataset for each of its trials
+        with warnings.catch_warnings():  # "The given NumPy array is not writable": none of this code writes to it
+            warnings.simplefilter("ignore", UserWarning)
+            _adopted[key] = tuple(torch.from_numpy(a) for a in arrays)
 
 
 def _root(data_dir: str | None) -> str:
@@ -220,7 +246,7 @@ def _download(info: DatasetInfo, root: str) -> None:
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         # Fetches and extracts every file, then reads the test split, the smaller one.
-        info.torchvision_class(root, train=False, download=True)
+        torchvision_class(info.name)(root, train=False, download=True)
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -258,7 +284,7 @@ def _copy_debian_fashion_mnist(info: DatasetInfo, root: str) -> None:
 
 def _missing_message(info: DatasetInfo, root: str, reason: str) -> str:
     folder = os.path.join(root, info.folder)
-    cls = info.torchvision_class
+    cls = torchvision_class(info.name)
     source = f"extract {cls.url} into {root}" if info.is_cifar else f"or their .gz from {cls.mirrors[0]}"
     debian = ""
     if info.name == "fashion_mnist":
@@ -320,8 +346,8 @@ def _read(info: DatasetInfo, root: str) -> tuple[Tensor, Tensor, Tensor, Tensor]
         if info.is_cifar:  # torchvision unpickles with the full pickle module: vet every file first
             for name in info.files:
                 safe_pickle.check(os.path.join(root, info.folder, name))
-        train = info.torchvision_class(root, train=True)
-        test = info.torchvision_class(root, train=False)
+        cls = torchvision_class(info.name)
+        train, test = cls(root, train=True), cls(root, train=False)
     except _READ_ERRORS as exc:
         legacy = _legacy_folder(info, root)
         if legacy:  # what torchvision read, not raw/, is at fault
@@ -374,10 +400,12 @@ def _corrupt_error(info: DatasetInfo, root: str, exc: Exception) -> DataError:
 def _check_file(info: DatasetInfo, path: str) -> None:
     """Reads one file the way torchvision does, raising whatever a bad file raises."""
     if not info.is_cifar:
+        from torchvision.datasets.mnist import read_image_file, read_label_file
+
         (read_image_file if "images" in os.path.basename(path) else read_label_file)(path)
         return
     entry = safe_pickle.load(path)
-    meta = info.torchvision_class.meta
+    meta = torchvision_class(info.name).meta
     if os.path.basename(path) == meta["filename"]:
         if meta["key"] not in entry:
             raise KeyError(f"no '{meta['key']}' in the metadata")
@@ -543,3 +571,4 @@ def clear_cache() -> None:
     """Forgets the datasets read so far: the files under a data dir changed (tests, the fake-data writer)."""
     _load_cached.cache_clear()
     _split.cache_clear()
+    _adopted.clear()

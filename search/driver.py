@@ -54,7 +54,7 @@ from search.tracking import (
     versions,
 )
 from search.train import TrainConfig, evaluate_test, load_data, model_from_checkpoint, test_batches
-from search.trainable import CHECKPOINT_FILE, trainable
+from search.trainable import CHECKPOINT_FILE, shared_data, trainable
 from search.tuner import build_tuner
 from search.tuner import fit as tuner_fit
 
@@ -273,10 +273,11 @@ def fit(job: SearchJob, quiet: bool) -> tune.ResultGrid:
     tracking = LiveTracking(
         job.client.tracking_uri, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, ranking=_ranking(job.space)
     )
+    base = job.space.base_config(job.data_dir)
     tuner = build_tuner(
-        job.space, trainable, path=job.path, param_space=job.space.base_config(job.data_dir), max_concurrent=n,
-        callbacks=[tracking], reporter=None if quiet else SearchReporter.for_space(job.space, n),
-        warm_start=job.warm_start,
+        job.space, trainable, path=job.path, param_space=base, max_concurrent=n, callbacks=[tracking],
+        reporter=None if quiet else SearchReporter.for_space(job.space, n), warm_start=job.warm_start,
+        parameters=shared_data(base),
     )  # fmt: skip
     try:
         results = tuner_fit(tuner)

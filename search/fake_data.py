@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from search import cli
-from search.data import DATASETS, FAKE_MARKER, DatasetInfo, clear_cache, dataset_info
+from search.data import DATASETS, FAKE_MARKER, DatasetInfo, clear_cache, dataset_info, torchvision_class
 from search.errors import DataError
 
 # Per-pixel gaussian noise of fake images, in 0..255 units: small against the spread of the class patterns
@@ -89,7 +89,7 @@ def _fake_images(patterns: np.ndarray, count: int, rng: np.random.Generator) -> 
 
 
 def _write_cifar(info: DatasetInfo, folder: str, train_x, train_y, test_x, test_y) -> None:
-    cls = info.torchvision_class
+    cls = torchvision_class(info.name)
     names = [f"fake_class_{i}" for i in range(info.num_classes)]
     if info.name == "cifar10":
         chunks = np.array_split(np.arange(len(train_x)), len(cls.train_list))

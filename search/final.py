@@ -18,7 +18,7 @@ from search.report import searched_config
 from search.state import SearchJob
 from search.tracking import LiveTracking, Ranking, sync
 from search.train import evaluate_test, model_from_checkpoint
-from search.trainable import CHECKPOINT_FILE, trainable
+from search.trainable import CHECKPOINT_FILE, shared_data, trainable
 from search.tuner import build_tuner, fit
 
 
@@ -43,9 +43,10 @@ def retrain(job: SearchJob, top: pd.DataFrame, seeds: int) -> dict:
     ranking = Ranking(s.METRIC, s.MODE)
     tracking = LiveTracking(job.client.tracking_uri, job.experiment_id, job.parent_run_id, s.MAX_EPOCHS, "final",
                             ranking)  # fmt: skip
+    base = job.space.base_config(job.data_dir)
     tuner = build_tuner(
         job.space, trainable, path=path, search=False, max_concurrent=concurrency(s), callbacks=[tracking],
-        param_space={**job.space.base_config(job.data_dir), "variant": {"grid_search": variants(top, seeds, s.SEED)}},
+        param_space={**base, "variant": {"grid_search": variants(top, seeds, s.SEED)}}, parameters=shared_data(base),
     )  # fmt: skip
     retrained = fit(tuner)
     if unfinished_trials(path):

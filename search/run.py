@@ -65,7 +65,8 @@ def search(
         resume: continue an interrupted search to its end.
         storage: local path or URI (s3://, NFS path for clusters) for Tune state and checkpoints.
         tracking_uri: MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else MLflow's default, ./mlflow.db).
-        data_dir: where datasets live on every node (default ./data or $SEARCH_DATA_DIR).
+        data_dir: where datasets live, for this process (default ./data or $SEARCH_DATA_DIR): the trials get them
+            from it through Ray's object store.
         address: an existing Ray cluster ("auto": this machine's, "ray://...", host:port); default: a private
             local Ray.
         warm_start: the name of an earlier search (under `storage`) whose trials that fit this space TPE starts

@@ -215,7 +215,7 @@ def checked_command(run_argv: list[str], tracking_uri: str) -> list[str]:
             "URI; a relative path would land in the job's temporary working directory"
         )
     if args.data_dir and not Path(args.data_dir).is_absolute():
-        raise UsageError(f"--data-dir {args.data_dir}: give an absolute path that exists on every node")
+        raise UsageError(f"--data-dir {args.data_dir}: give an absolute path on the head node, where the job reads it")
     if not tracking_uri:
         raise UsageError(
             "a cluster search records to a shared MLflow server: set MLFLOW_TRACKING_URI (or --tracking-uri) to "

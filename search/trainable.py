@@ -15,6 +15,7 @@ import torch
 from ray import tune
 
 from models.cost import latency_ms
+from search.data import adopt, export
 from search.errors import UsageError
 from search.schedule import checkpoint_due
 from search.train import TrainConfig, load_checkpoint, resolve_device, save_checkpoint, train
@@ -59,14 +60,24 @@ def given_gpus(device: str) -> dict[str, str]:
     return {"gpu_ids": ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
-def trainable(config: dict, checkpoint_seconds: float = 0.0) -> None:
+def shared_data(base_config: dict) -> dict:
+    """The dataset of a search's trials (`base_config`: `Space.base_config`), read here by the driver once, as the
+    `data` argument of `trainable` that `build_tuner` passes through Ray's object store."""
+    name, data_dir = base_config["dataset"], base_config["data_dir"]
+    return {"data": (name, data_dir, export(name, data_dir))}
+
+
+def trainable(config: dict, checkpoint_seconds: float = 0.0, data: tuple | None = None) -> None:
     """Trains one trial; Ray calls it in a worker process that stays alive across trials (actor reuse).
 
     Reports every epoch's metrics plus the trial's cost (`trial_cost`), `outcome` ('running', or 'diverged' on a
     non-finite loss), the node and the GPUs Ray gave it (`given_gpus`). Checkpoints at the last epoch and otherwise
     every `checkpoint_seconds` (CHECKPOINT_SECONDS, which `tune.with_parameters` passes; 0 = every epoch). A trial
     resumed from an earlier checkpoint reports the epochs since it again; the record keeps each epoch once.
+    `data` (`shared_data`): the dataset as the driver decoded it, so that the trial reads no data file.
     """
+    if data is not None:
+        adopt(*data)
     # A grid over whole configs (the final retrains) arrives as one `variant` dict; `source_trial` only labels it.
     config = {**config, **config.get("variant", {})}
     config = {k: v for k, v in config.items() if k not in ("variant", "source_trial")}

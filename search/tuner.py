@@ -154,6 +154,7 @@ def build_tuner(
     search: bool = True,
     reporter: tune.ProgressReporter | None = None,
     warm_start: list | None = None,
+    parameters: dict | None = None,
 ) -> tune.Tuner:
     """A Tuner for the experiment at `path`, restored from it when it holds one (--resume).
 
@@ -168,9 +169,11 @@ def build_tuner(
         search: TPE + ASHA over NUM_SAMPLES trials; False runs `param_space` as given (the final retrains).
         reporter: the live table; None prints nothing.
         warm_start: trials of an earlier search TPE starts from (see `search.searcher.warm_trials`).
+        parameters: more keyword arguments of `trainable`, put in Ray's object store once for every trial (the
+            dataset: `search.trainable.shared_data`).
     """
     s = space.settings
-    fn = tune.with_parameters(trainable, checkpoint_seconds=s.CHECKPOINT_SECONDS)
+    fn = tune.with_parameters(trainable, checkpoint_seconds=s.CHECKPOINT_SECONDS, **(parameters or {}))
     fn = tune.with_resources(fn, {"cpu": s.CPUS_PER_TRIAL, "gpu": s.GPUS_PER_TRIAL})
     if record.has_snapshot(path):
         if search:

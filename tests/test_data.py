@@ -553,3 +553,45 @@ def test_a_planted_pickle_payload_never_runs_and_is_one_line(tmp_path, cli_exit)
     code, _, err = cli_exit(main, ["check", "--dataset", "cifar10", "--data-dir", tmp_path, "--no-download"])
     assert code == 2 and not marker.exists()
     assert len(err.strip().splitlines()) == 1 and "data_batch_1: refused to unpickle posix.system" in err, err
+
+
+def test_each_datasets_folder_and_files_are_the_ones_its_torchvision_class_reads():
+    """DATASETS names them itself, so that torchvision loads only where files are read (`torchvision_class`)."""
+    for info in DATASETS.values():
+        cls = data.torchvision_class(info.name)
+        if info.is_cifar:
+            files = tuple(f for f, _ in cls.train_list + cls.test_list) + (cls.meta["filename"],)
+            assert (info.folder, info.files) == (cls.base_folder, files)
+        else:
+            files = tuple(f.removesuffix(".gz") for f, _ in cls.resources)
+            assert (info.folder, info.files) == (os.path.join(cls.__name__, "raw"), files)
+
+
+def test_a_trial_worker_imports_no_torchvision():
+    """A trial gets its data decoded by the driver (`adopt`): its worker process has no use for torchvision's
+    1.4 s of imports (torch._dynamo, through torchvision.ops)."""
+    code = "import sys, search.trainable; print(sorted(m for m in sys.modules if m.startswith('torchvision')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_trial_trains_on_the_data_its_driver_read_with_no_data_files_where_it_runs(tmp_path, local_ray):
+    """The driver reads the dataset once (`shared_data`); the trial maps it from Ray's object store and reads no
+    file: here the data folder is gone by the time the trial starts, as on a node that has no copy of it."""
+    from search.space import load_space
+    from search.trainable import shared_data, trainable
+    from search.tuner import build_tuner
+
+    folder = tmp_path / "data"
+    write_fake("fashion_mnist", str(folder), train=640, test=100)
+    space = load_space(ROOT / "spaces/vgg_fashion_mnist.py", smoke=True)
+    base = space.base_config(str(folder))
+    parameters = shared_data(base)
+    shutil.rmtree(folder)
+    data.clear_cache()  # nor does this process keep what it read
+    tuner = build_tuner(space, trainable, path=str(tmp_path / "runs"), param_space={**base, "epochs": 1},
+                        max_concurrent=1, search=False, parameters=parameters)  # fmt: skip
+    (result,) = tuner.fit()
+    assert result.error is None, result.error
+    assert result.metrics["epoch"] == 1 and 0 <= result.metrics["val_acc"] <= 1
+    assert not folder.exists()  # the trial did not fetch the dataset again either
