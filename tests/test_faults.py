@@ -49,7 +49,9 @@ def reported_epochs(runs: Path) -> dict[str, list[int]]:
 
 
 @pytest.mark.parametrize("max_failures", [1, 0])
-def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit(max_failures, data_dir, tmp_path):
+def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit(
+    max_failures, data_dir, tmp_path, sqlite_uri
+):
     cmd = search_cmd(
         data_dir, tmp_path, "--name", "crash", "--set", "NUM_SAMPLES=2", "--set", "MAX_EPOCHS=5",
         "--set", "GRACE_PERIOD=5", "--set", "MAX_CONCURRENT=1", "--set", f"MAX_FAILURES={max_failures}",
@@ -68,7 +70,7 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit
     out, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err[-3000:]
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     outcomes = sorted(r.data.tags["outcome"] for r in trial_runs(uri))
     if max_failures:
         assert outcomes == ["completed", "completed"]
@@ -85,7 +87,9 @@ def test_a_killed_trial_worker_resumes_from_its_checkpoint_up_to_the_retry_limit
 SPARSE_EPOCHS = 20
 
 
-def test_a_trial_checkpoints_at_its_end_and_a_crash_redoes_the_epochs_since_its_last_once_each(data_dir, tmp_path):
+def test_a_trial_checkpoints_at_its_end_and_a_crash_redoes_the_epochs_since_its_last_once_each(
+    data_dir, tmp_path, sqlite_uri
+):
     """CHECKPOINT_SECONDS longer than the whole trial (an hour: the default 60 s might pass within a loaded
     machine's epochs): the trial checkpoints at its last epoch only, none at ASHA's rungs (epochs 2 and 8); each
     checkpoint before counted towards Tune's forced snapshots of the whole experiment (issue 19). Killed after epoch 4
@@ -124,7 +128,7 @@ def test_a_trial_checkpoints_at_its_end_and_a_crash_redoes_the_epochs_since_its_
     kept = [load_checkpoint(c / "checkpoint.pt")["epoch"] for c in trial.glob("checkpoint_*")]
     assert kept == [SPARSE_EPOCHS], kept  # Tune keeps the last two: there was one
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     (run,) = trial_runs(uri)
     assert (run.info.status, run.data.tags["outcome"]) == ("FINISHED", "completed")
     steps = [m.step for m in MlflowClient(uri).get_metric_history(run.info.run_id, "val_acc")]
@@ -168,7 +172,7 @@ def test_two_searches_at_once_share_data_and_tracking_without_harm(data_dir, tmp
     for proc in procs:
         _, err = proc.communicate(timeout=900)
         assert proc.returncode == 0, err[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # made by the two at once
     experiment = client.get_experiment_by_name("vgg_fashion_mnist")
     parents = client.search_runs([experiment.experiment_id], filter_string="tags.smoke = 'True'")
     assert sorted(p.info.run_name for p in parents) == ["twin0", "twin1"]
@@ -178,7 +182,7 @@ def test_two_searches_at_once_share_data_and_tracking_without_harm(data_dir, tmp
         assert len(kids) == 4 and all(k.info.status != "RUNNING" for k in kids)
 
 
-def test_a_tracking_server_outage_loses_nothing(data_dir, tmp_path, monkeypatch):
+def test_a_tracking_server_outage_loses_nothing(data_dir, tmp_path, sqlite_uri, monkeypatch):
     """The tracking server dies (SIGKILL: requests in flight are lost) at a trial's first checkpoint, and another
     server on the same store comes back at the same address once another trial has ended, mid-search. Once a third
     trial has ended the route to it is cut until the search is over: the search ends with exit 1, saying how to

@@ -75,7 +75,7 @@ def trial_results(folder: Path) -> dict[str, list[dict]]:
 
 
 @pytest.mark.slow
-def test_quarter_gpus_run_eight_trials_at_once_each_on_the_gpu_ray_gave_it(data_dir, tmp_path):
+def test_quarter_gpus_run_eight_trials_at_once_each_on_the_gpu_ray_gave_it(data_dir, tmp_path, sqlite_uri):
     run = search_with_gpus(8, 2, ["--gpus-per-trial", "0.25", "--num-samples", "8", "--set", "device=cpu",
                                     "--set", f"TRAIN_SUBSET={TRAIN_SUBSET}"],
                            data_dir, tmp_path)  # fmt: skip
@@ -103,7 +103,7 @@ def test_quarter_gpus_run_eight_trials_at_once_each_on_the_gpu_ray_gave_it(data_
 
 
 @pytest.mark.slow
-def test_a_trial_given_a_gpu_that_torch_cannot_see_fails_with_one_line(data_dir, tmp_path):
+def test_a_trial_given_a_gpu_that_torch_cannot_see_fails_with_one_line(data_dir, tmp_path, sqlite_uri):
     """Before: with device 'auto' it trained on the CPU, 50-100x slower than on the GPU it held, without a word."""
     run = search_with_gpus(
         2, 1, ["--gpus-per-trial", "0.5", "--set", "MAX_FAILURES=0"], data_dir, tmp_path
@@ -114,6 +114,6 @@ def test_a_trial_given_a_gpu_that_torch_cannot_see_fails_with_one_line(data_dir,
     assert line.startswith("error: no trial finished (4 errored)"), line
     assert f"torch {torch.__version__} (CUDA {torch.version.cuda})" in line and "sees no CUDA device" in line, line
     assert "GPUS_PER_TRIAL = 0" in line and "device=cpu" in line, line
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(sqlite_uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 5 and {r.info.status for r in runs} == {"FAILED"}  # the parent and 4 trials, none RUNNING

@@ -89,7 +89,7 @@ def test_storage_that_does_not_answer_is_told_apart_from_storage_that_does(s3, m
 
 @pytest.mark.slow
 def test_a_search_on_s3_survives_an_outage_and_a_killed_driver_resumes_without_name_extends_and_warm_starts(
-    s3, smoke_data_dir, tmp_path
+    s3, smoke_data_dir, tmp_path, sqlite_uri
 ):
     """A search keeps its whole record on S3, which it reaches through a `Link`. The route is cut mid-search: the
     search stops with one line (exit 1), its parent FAILED, no trial failed. Once S3 is back, a --resume without
@@ -98,7 +98,7 @@ def test_a_search_on_s3_survives_an_outage_and_a_killed_driver_resumes_without_n
     --resume with more samples extends it, and a warm start reads it."""
     link = Link(s3["AWS_ENDPOINT_URL"])  # the route to S3, to be cut
     env = {**s3, "AWS_ENDPOINT_URL": link.url}
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     storage = f"s3://{BUCKET}/runs"
     cmd = [
         sys.executable, "-m", "search.run", SPACE, "--smoke", "--quiet", "--storage", storage,

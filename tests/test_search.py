@@ -94,8 +94,8 @@ def test_smoke_search_of_every_space(space, finished_smoke_search):
         )
 
 
-def test_max_macs_keeps_every_trial_within_budget_and_the_front_can_be_retrained(data_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_max_macs_keeps_every_trial_within_budget_and_the_front_can_be_retrained(data_dir, tmp_path, sqlite_uri):
+    uri = sqlite_uri
     # smoke widths: stride1=1 costs 4.8M MACs per image, stride1=2 1.7M; TPE proposes both, half at random
     result = search(str(ROOT / "spaces/vgg_fashion_mnist.py"), sets={"NUM_SAMPLES": 6, "MAX_MACS": 3e6}, smoke=True,
                     data_dir=str(data_dir), storage=str(tmp_path / "runs"), tracking_uri=uri, quiet=True,
@@ -109,8 +109,8 @@ def test_max_macs_keeps_every_trial_within_budget_and_the_front_can_be_retrained
     assert any(t.constraints.get("macs", 0) > 0 for t in study.trials)  # over-budget proposals, refused
 
 
-def test_asha_stops_trials_and_optuna_sees_them_pruned(data_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_asha_stops_trials_and_optuna_sees_them_pruned(data_dir, tmp_path, sqlite_uri):
+    uri = sqlite_uri
     # one trial at a time and no audit controls (picked by trial id, which Ray draws at random): the same seeded
     # configs reach each rung in the same order, so ASHA makes the same decisions every run, whatever the load
     sets = {"NUM_SAMPLES": 6, "MAX_EPOCHS": 4, "GRACE_PERIOD": 1, "REDUCTION_FACTOR": 2, "lr": 0.03,
@@ -139,8 +139,8 @@ def test_asha_stops_trials_and_optuna_sees_them_pruned(data_dir, tmp_path):
     assert {"trials.csv", "summary.json", "summary.txt", "plots", "space", "best"} <= artifacts
 
 
-def test_diverged_and_crashed_trials_are_recorded_and_the_search_goes_on(data_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_diverged_and_crashed_trials_are_recorded_and_the_search_goes_on(data_dir, tmp_path, sqlite_uri):
+    uri = sqlite_uri
     space = tmp_path / "mixed.py"
     space.write_text(
         "from ray import tune\n"
@@ -183,12 +183,12 @@ def all_trials_ended(uri: str) -> bool:
     return len(runs) == 4 and all(r.info.status != "RUNNING" for r in runs)
 
 
-def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(data_dir, tmp_path):
+def test_a_killed_driver_resumes_with_nothing_lost_or_counted_twice(data_dir, tmp_path, sqlite_uri):
     """Killed at each moment in turn, each time as a crash would (SIGKILL to the driver and the local Ray it
     started), and resumed: before any trial reported, mid-search, at the final evaluation. Each --resume must go on
     to the next moment (CI once saw the first refused: `unreadable search state`), and the last must finish the
     search with every trial's every epoch logged once. One search killed three times, not three searches."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     runs = tmp_path / "runs"
     cmd = [
         sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet",
@@ -247,11 +247,11 @@ runpy.run_module("search.run", run_name="__main__")
 """
 
 
-def test_a_driver_killed_while_it_starts_resumes_as_one_search(data_dir, tmp_path):
+def test_a_driver_killed_while_it_starts_resumes_as_one_search(data_dir, tmp_path, sqlite_uri):
     """Killed between claiming its name and recording its parent run: before creating the parent run, then (its
     --resume) after creating it. CI caught the search.json of such a search empty, and --resume refused it as
     unreadable. It resumes as one search, under one parent run: the half-begun one is discarded."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     runs = tmp_path / "runs"
     cmd = [
         str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet", "--name", "starting", "--storage", str(runs),
@@ -275,11 +275,11 @@ def test_a_driver_killed_while_it_starts_resumes_as_one_search(data_dir, tmp_pat
     assert len(children(client, parents[0].info.run_id)) == 4
 
 
-def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_dir, tmp_path):
+def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_dir, tmp_path, sqlite_uri):
     """Ctrl-C in a search's last wave, once the searcher has made all NUM_SAMPLES trials: Tune saves its record with
     the trials RUNNING, then marks them TERMINATED in memory. The search took that for its end, chose a winner
     from half-trained trials and called them `stopped_early` (seen in a notebook on a busy machine)."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     runs = tmp_path / "runs"
     cmd = [
         sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet",
@@ -315,8 +315,8 @@ def test_ctrl_c_once_every_trial_has_started_is_an_interrupt_not_the_end(data_di
     assert [(r.data.tags["outcome"], r.data.tags["epoch"]) for r in trial_runs] == [("completed", "10")] * 2
 
 
-def test_final_retrains_report_mean_and_spread_over_seeds(data_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_final_retrains_report_mean_and_spread_over_seeds(data_dir, tmp_path, sqlite_uri):
+    uri = sqlite_uri
     # GRACE_PERIOD = the smoke's MAX_EPOCHS: no trial stops early, so two ran in full to be retrained (the retrains
     # come from the trials that ran in full; ASHA could leave one)
     result = search(
@@ -333,8 +333,8 @@ def test_final_retrains_report_mean_and_spread_over_seeds(data_dir, tmp_path):
     assert all(r.info.status == "FINISHED" and r.data.tags["outcome"] == "completed" for r in retrains)
 
 
-def test_patience_ends_a_search_that_stopped_improving(data_dir, tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_patience_ends_a_search_that_stopped_improving(data_dir, tmp_path, sqlite_uri):
+    uri = sqlite_uri
     # no trial can beat the first by a whole 1.0 of accuracy: PATIENCE=2 ends the search after the third of 12
     sets = {"NUM_SAMPLES": 12, "PATIENCE": 2, "MIN_DELTA": 1.0, "MAX_CONCURRENT": 1}
     result = search(str(ROOT / "spaces/vgg_fashion_mnist.py"), sets=sets, smoke=True, data_dir=str(data_dir),
@@ -349,8 +349,8 @@ def test_patience_ends_a_search_that_stopped_improving(data_dir, tmp_path):
 
 @pytest.mark.xdist_group("smoke_searches")
 def test_a_warm_started_search_begins_with_the_earlier_trials_that_fit(finished_smoke_search, data_dir, tmp_path,
-                                                                       capsys):  # fmt: skip
-    uri, runs = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "runs"
+                                                                       sqlite_uri, capsys):  # fmt: skip
+    uri, runs = sqlite_uri, tmp_path / "runs"
     space = str(ROOT / "spaces/vgg_fashion_mnist.py")
     first = finished_smoke_search("vgg_fashion_mnist").result  # read only: linked in as the search `first`
     runs.mkdir()
@@ -374,8 +374,8 @@ def test_a_warm_started_search_begins_with_the_earlier_trials_that_fit(finished_
     assert client.get_run(second.parent_run_id).data.params["warm_start"] == "first"
 
 
-def test_resume_with_more_samples_extends_a_finished_search(data_dir, tmp_path):
-    uri, runs = f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "runs")
+def test_resume_with_more_samples_extends_a_finished_search(data_dir, tmp_path, sqlite_uri):
+    uri, runs = sqlite_uri, str(tmp_path / "runs")
     space, common = str(ROOT / "spaces/vgg_fashion_mnist.py"), {"data_dir": str(data_dir), "quiet": True}
     first = search(space, smoke=True, sets={"NUM_SAMPLES": 2}, name="ext", storage=runs, tracking_uri=uri, **common)
     before = {r.metrics["trial_id"] for r in first.results}
@@ -396,12 +396,12 @@ def test_resume_with_more_samples_extends_a_finished_search(data_dir, tmp_path):
     assert client.get_run(more.parent_run_id).info.status == "FINISHED"
 
 
-def test_a_metric_to_minimize_runs_end_to_end(data_dir, tmp_path):
+def test_a_metric_to_minimize_runs_end_to_end(data_dir, tmp_path, sqlite_uri):
     """A search ranked on a loss (MODE = "min") from ASHA and TPE to the winner and its parent run. Every metric
     of METRICS_MODES through the report's code (where METRIC = "val_top5" failed in the early-stopping audit with a
     KeyError, after every trial had trained): test_report.py's test_every_metric_a_space_may_name_is_reported."""
     metric = "val_loss"
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     sets = {"METRIC": metric, "MODE": METRICS_MODES[metric], "NUM_SAMPLES": 2}  # the space file says MODE = "max"
     result = search(
         str(ROOT / "spaces/vgg_fashion_mnist.py"), smoke=True, sets=sets,
@@ -469,11 +469,11 @@ def test_an_address_that_accepts_but_is_no_ray_fails_in_bounded_time(not_a_ray, 
     assert MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()]) == []
 
 
-def test_sigterm_while_connecting_stops_the_search_in_seconds(not_a_ray, data_dir, tmp_path):
+def test_sigterm_while_connecting_stops_the_search_in_seconds(not_a_ray, data_dir, tmp_path, sqlite_uri):
     cmd = [
         sys.executable, "-m", "search.run", str(ROOT / "spaces/vgg_fashion_mnist.py"), "--smoke", "--quiet",
         "--data-dir", str(data_dir), "--address", f"127.0.0.1:{not_a_ray.getsockname()[1]}",
-        "--storage", str(tmp_path / "runs"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+        "--storage", str(tmp_path / "runs"), "--tracking-uri", sqlite_uri,
     ]  # fmt: skip
     driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     not_a_ray.settimeout(120)
@@ -486,9 +486,11 @@ def test_sigterm_while_connecting_stops_the_search_in_seconds(not_a_ray, data_di
     assert driver.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
 
 
-def test_resuming_a_search_whose_snapshot_is_truncated_is_one_line_and_leaves_the_parent_as_it_was(data_dir, tmp_path):
+def test_resuming_a_search_whose_snapshot_is_truncated_is_one_line_and_leaves_the_parent_as_it_was(
+    data_dir, tmp_path, sqlite_uri
+):
     """The resume set the KILLED parent RUNNING, then failed reading Tune's snapshot and left it RUNNING."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = sqlite_uri
     kwargs = {"smoke": True, "data_dir": str(data_dir), "storage": str(tmp_path / "runs"), "tracking_uri": uri,
               "quiet": True, "name": "torn", "sets": {"NUM_SAMPLES": 2, "MAX_EPOCHS": 1}}  # fmt: skip
     result = search(str(ROOT / "spaces/vgg_fashion_mnist.py"), **kwargs)
