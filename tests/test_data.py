@@ -567,6 +567,7 @@ def test_each_datasets_folder_and_files_are_the_ones_its_torchvision_class_reads
             assert (info.folder, info.files) == (os.path.join(cls.__name__, "raw"), files)
 
 
+@pytest.mark.slow
 def test_a_trial_worker_imports_no_torchvision():
     """A trial gets its data decoded by the driver (`adopt`): its worker process has no use for torchvision's
     1.4 s of imports (torch._dynamo, through torchvision.ops)."""
@@ -575,6 +576,7 @@ def test_a_trial_worker_imports_no_torchvision():
     assert out.stdout.strip() == "[]", out.stdout
 
 
+@pytest.mark.slow
 def test_a_trial_trains_on_the_data_its_driver_read_with_no_data_files_where_it_runs(tmp_path, local_ray):
     """The driver reads the dataset once (`shared_data`); the trial maps it from Ray's object store and reads no
     file: here the data folder is gone by the time the trial starts, as on a node that has no copy of it."""

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from models import MODELS, build_model, default_options, feature_size, list_models
 from models.cost import count, latency_ms
+
+
+def torchvision_model(name: str) -> nn.Module:
+    """torchvision's model `name`, imported here: at the top, collecting this file cost every xdist worker 1.6 s."""
+    import torchvision
+
+    return getattr(torchvision.models, name)()
 
 
 def small_options(name: str, input_size: int) -> dict:
@@ -58,7 +64,7 @@ def test_a_model_built_from_its_listed_defaults_is_the_model_built_without_optio
 def test_vgg16_conv_stack_has_the_published_parameter_count() -> None:
     with torch.device("meta"):
         ours = build_model("vgg16")
-        reference = torchvision.models.vgg16()
+        reference = torchvision_model("vgg16")
     assert conv_stack_params(ours) == 14_714_688 == conv_stack_params(reference)
 
 
@@ -66,7 +72,7 @@ def test_vgg16_conv_stack_has_the_published_parameter_count() -> None:
 def test_vgg_conv_stack_matches_torchvision(name: str) -> None:
     with torch.device("meta"):
         ours = build_model(name).features.state_dict()
-        reference = getattr(torchvision.models, name)().features.state_dict()
+        reference = torchvision_model(name).features.state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.items()}
 
 
