@@ -37,6 +37,8 @@ def space(trial):
 """
 
 
+TRIAL_WORKER = "import ray; from ray import tune; import search.trainable"
+
 # An S3 endpoint that refuses connections (a mistyped port): pyarrow's from_uri retried it for about 6 s.
 REFUSING_S3 = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b",
                "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
@@ -60,6 +62,10 @@ def commands(scratch: Path) -> dict[str, tuple[list[str], int, bool, dict | None
         "train --help": (["-m", "search.train", "--help"], 0, False),
         "data --help": (["-m", "search.data", "--help"], 0, False),
         "fake_data --help": (["-m", "search.fake_data", "--help"], 0, False),
+        # What each Ray worker process that runs trials imports, now that its data comes from the driver (`adopt`),
+        # and with torchvision as well, as every trial worker imported it before
+        "a trial worker's imports": (["-c", TRIAL_WORKER], 0, False),
+        "a trial worker's imports with torchvision (before)": (["-c", "import torchvision; " + TRIAL_WORKER], 0, False),
     }
     cmds = {name: (*c, None) for name, c in cmds.items()}
     cmds["run: --storage at a refusing endpoint"] = ([*run, SHIPPED, "--storage", "s3://x/runs"], 2, True, REFUSING_S3)
