@@ -2,7 +2,7 @@
 
 A dataset is read once per process through torchvision's own dataset classes (every CIFAR pickle first passes a
 restricted unpickler: a data file is data, never code) and kept as uint8; `search.batches` moves it to the device.
-A search's driver reads it, and its trials map the driver's copy from Ray's object store (`export`, `adopt`).
+A search's driver reads it, and its trials map the driver's copy from Ray's object store (`adopt`).
 
     python -m search.data check --dataset cifar100 --data-dir ./data
 """
@@ -146,15 +146,9 @@ def load_arrays(name: str, data_dir: str | None = None, download: bool = True) -
 _adopted: dict[tuple[str, str], tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
 
-def export(name: str, data_dir: str | None = None) -> tuple[np.ndarray, ...]:
-    """The dataset `name` under data_dir (`load_arrays`) as numpy arrays, for Ray's object store: the search's
-    driver reads it once, and every trial on a node maps that node's one copy (`adopt`) rather than reading and
-    decoding the files, and importing torchvision, in each worker process."""
-    return tuple(a.numpy() for a in load_arrays(name, data_dir))
-
-
 def adopt(name: str, data_dir: str | None, arrays: tuple[np.ndarray, ...]) -> None:
-    """Makes `arrays` (from `export`) this process's copy of the dataset `name` under data_dir: `load_arrays`
+    """Makes `arrays` (what `load_arrays` returned in the search's driver, as numpy arrays through Ray's object
+    store: `search.trainable.shared_data`) this process's copy of the dataset `name` under data_dir: `load_arrays`
     returns them from now on, without a copy, and reads no file. Ray maps them read-only, as every reader here
     treats a dataset."""
     key = (dataset_info(name).name, _root(data_dir))

@@ -15,7 +15,7 @@ import torch
 from ray import tune
 
 from models.cost import latency_ms
-from search.data import adopt, export
+from search.data import adopt, load_arrays
 from search.errors import UsageError
 from search.schedule import checkpoint_due
 from search.train import TrainConfig, load_checkpoint, resolve_device, save_checkpoint, train
@@ -60,11 +60,21 @@ def given_gpus(device: str) -> dict[str, str]:
     return {"gpu_ids": ids, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")}
 
 
+# The datasets this process put in Ray's object store, by dataset, data dir, the arrays read and the Ray connection:
+# `tune.with_parameters` keeps whatever it is given for the life of the process, so a notebook's every search
+# would otherwise leave one more copy of its dataset there.
+_shared: dict[tuple, tuple[tuple, ray.ObjectRef]] = {}
+
+
 def shared_data(base_config: dict) -> dict:
-    """The dataset of a search's trials (`base_config`: `Space.base_config`), read here by the driver once, as the
-    `data` argument of `trainable` that `build_tuner` passes through Ray's object store."""
+    """The dataset of a search's trials (`base_config`: `Space.base_config`), read here by the driver once and put
+    in Ray's object store once: the `data` argument of `trainable`, which `build_tuner` passes every trial."""
     name, data_dir = base_config["dataset"], base_config["data_dir"]
-    return {"data": (name, data_dir, export(name, data_dir))}
+    arrays, ray_context = load_arrays(name, data_dir), ray.get_runtime_context()
+    key = (name, data_dir, ray_context.get_node_id(), ray_context.get_job_id())
+    if key not in _shared or _shared[key][0] is not arrays:  # numpy arrays: a trial maps them without a copy
+        _shared[key] = arrays, ray.put((name, data_dir, tuple(a.numpy() for a in arrays)))
+    return {"data": _shared[key][1]}
 
 
 def trainable(config: dict, checkpoint_seconds: float = 0.0, data: tuple | None = None) -> None:

@@ -597,3 +597,20 @@ def test_a_trial_trains_on_the_data_its_driver_read_with_no_data_files_where_it_
     assert result.error is None, result.error
     assert result.metrics["epoch"] == 1 and 0 <= result.metrics["val_acc"] <= 1
     assert not folder.exists()  # the trial did not fetch the dataset again either
+
+
+def test_a_process_puts_a_dataset_in_rays_object_store_once_however_many_searches_it_runs(fake_data_dir, local_ray):
+    """`tune.with_parameters` holds what it is given for the life of the process: a notebook's second search put a
+    second copy of the dataset in the object store, and so on. It gets the one copy now, until the files are read
+    again (`clear_cache`)."""
+    import ray
+
+    from search.trainable import shared_data
+
+    base = {"dataset": "fashion_mnist", "data_dir": str(fake_data_dir)}
+    first, second = shared_data(base)["data"], shared_data(base)["data"]
+    assert first.hex() == second.hex()
+    name, folder, arrays = ray.get(first)
+    assert (name, folder) == ("fashion_mnist", str(fake_data_dir)) and len(arrays[0]) == FAKE_TRAIN
+    data.clear_cache()  # the files are read again: their arrays are new
+    assert shared_data(base)["data"].hex() != first.hex()
