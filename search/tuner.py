@@ -182,7 +182,7 @@ def build_tuner(
         return tune.Tuner.restore(path, fn, resume_unfinished=True, resume_errored=False, param_space=param_space)
     stopper = None
     tune_config = tune.TuneConfig(
-        reuse_actors=True,  # one worker process, one dataset load, many trials
+        reuse_actors=True,  # one worker process (its imports, its map of the dataset) for many trials
         trial_dirname_creator=_trial_dirname,
         max_concurrent_trials=None if search else max_concurrent,
     )
