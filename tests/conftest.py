@@ -31,6 +31,17 @@ from search.fake_data import write_fake  # noqa: E402
 FAKE_TRAIN, FAKE_TEST = 300, 100
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_as_they_were() -> Iterator[None]:
+    """Puts back SIGINT's and SIGTERM's handlers after each test: Tune leaves its own SIGINT handler installed after a
+    run (`search.tuner.fit` is the product's guard), and a test that ran Tune directly left it to the next test on
+    its worker: a SIGTERM there reached Tune's handler, not the one the test meant (seen in a full run)."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGINT, handlers[0])
+    signal.signal(signal.SIGTERM, handlers[1])
+
+
 @pytest.fixture(scope="session")
 def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir with every dataset in DATASETS as fake files (FAKE_TRAIN train, FAKE_TEST test images)."""

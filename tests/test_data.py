@@ -582,7 +582,7 @@ def test_a_trial_trains_on_the_data_its_driver_read_with_no_data_files_where_it_
     file: here the data folder is gone by the time the trial starts, as on a node that has no copy of it."""
     from search.space import load_space
     from search.trainable import shared_data, trainable
-    from search.tuner import build_tuner
+    from search.tuner import build_tuner, fit
 
     folder = tmp_path / "data"
     write_fake("fashion_mnist", str(folder), train=640, test=100)
@@ -593,7 +593,7 @@ def test_a_trial_trains_on_the_data_its_driver_read_with_no_data_files_where_it_
     data.clear_cache()  # nor does this process keep what it read
     tuner = build_tuner(space, trainable, path=str(tmp_path / "runs"), param_space={**base, "epochs": 1},
                         max_concurrent=1, search=False, parameters=parameters)  # fmt: skip
-    (result,) = tuner.fit()
+    (result,) = fit(tuner)
     assert result.error is None, result.error
     assert result.metrics["epoch"] == 1 and 0 <= result.metrics["val_acc"] <= 1
     assert not folder.exists()  # the trial did not fetch the dataset again either
