@@ -138,8 +138,8 @@ def load_arrays(name: str, data_dir: str | None = None, download: bool = True) -
     Raises:
         DataError: unknown name, files missing and not downloadable, corrupt files, data_dir not a folder.
     """
-    info = dataset_info(name)
-    return _adopted.get((info.name, _root(data_dir))) or _load_cached(info.name, _root(data_dir), download)
+    key = (dataset_info(name).name, _root(data_dir))
+    return _adopted.get(key) or _load_cached(*key, download)
 
 
 # Datasets this process was given decoded (a trial, by its driver), by (name, data dir): see `adopt`.

@@ -72,7 +72,8 @@ def shared_data(base_config: dict) -> dict:
     name, data_dir = base_config["dataset"], base_config["data_dir"]
     arrays, ray_context = load_arrays(name, data_dir), ray.get_runtime_context()
     key = (name, data_dir, ray_context.get_node_id(), ray_context.get_job_id())
-    if key not in _shared or _shared[key][0] is not arrays:  # numpy arrays: a trial maps them without a copy
+    if key not in _shared or _shared[key][0] is not arrays:  # new, or the files were read again
+        # as numpy arrays, which a trial maps from the object store without a copy
         _shared[key] = arrays, ray.put((name, data_dir, tuple(a.numpy() for a in arrays)))
     return {"data": _shared[key][1]}
 

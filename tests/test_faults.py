@@ -182,7 +182,7 @@ def test_two_searches_at_once_share_data_and_tracking_without_harm(data_dir, tmp
         assert len(kids) == 4 and all(k.info.status != "RUNNING" for k in kids)
 
 
-def test_a_tracking_server_outage_loses_nothing(data_dir, tmp_path, sqlite_uri, monkeypatch):
+def test_a_tracking_server_outage_loses_nothing(data_dir, tmp_path, monkeypatch):
     """The tracking server dies (SIGKILL: requests in flight are lost) at a trial's first checkpoint, and another
     server on the same store comes back at the same address once another trial has ended, mid-search. Once a third
     trial has ended the route to it is cut until the search is over: the search ends with exit 1, saying how to

@@ -75,7 +75,8 @@ def trial_results(folder: Path) -> dict[str, list[dict]]:
 
 
 @pytest.mark.slow
-def test_quarter_gpus_run_eight_trials_at_once_each_on_the_gpu_ray_gave_it(data_dir, tmp_path, sqlite_uri):
+@pytest.mark.usefixtures("sqlite_uri")  # a migrated store where search_with_gpus records, tmp_path/mlflow.db
+def test_quarter_gpus_run_eight_trials_at_once_each_on_the_gpu_ray_gave_it(data_dir, tmp_path):
     run = search_with_gpus(8, 2, ["--gpus-per-trial", "0.25", "--num-samples", "8", "--set", "device=cpu",
                                     "--set", f"TRAIN_SUBSET={TRAIN_SUBSET}"],
                            data_dir, tmp_path)  # fmt: skip

@@ -93,13 +93,13 @@ def test_from_run_of_a_run_that_is_no_trial_is_one_line(sqlite_uri, cli_exit, wh
 @pytest.mark.slow  # a whole search (the session's smoke search of spaces/vgg_cifar100.py)
 @pytest.mark.xdist_group("smoke_searches")  # made once per worker: its readers share one
 def test_from_run_trains_a_trial_again_with_the_same_curve_into_a_run_that_points_back(
-    finished_smoke_search, tmp_path, sqlite_uri, monkeypatch, cli_exit
+    finished_smoke_search, tmp_path, monkeypatch, cli_exit
 ):
     """`python -m search.train --from-run RUN_ID`, as the README writes it, with the store from the environment."""
     monkeypatch.chdir(tmp_path)
     done = finished_smoke_search("vgg_cifar100")
     shutil.copy(done.store / "mlflow.db", tmp_path / "mlflow.db")  # the new run goes into a copy of its store
-    result, uri = done.result, sqlite_uri
+    result, uri = done.result, f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     parent = client.get_run(result.parent_run_id)
     trials = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{result.parent_run_id}'")
